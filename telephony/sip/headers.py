@@ -1,0 +1,435 @@
+"""Header names and typed header values (RFC 3261 §7.3, §20, §25).
+
+Header values are stored as text on the message; these types are what the typed accessors return.
+All parsers raise :class:`ParseError` (400) on malformed input and nothing else.
+
+- :func:`canonical` maps any spelling (``v``, ``VIA``, ``Via``) to one lower-case long name.
+- :func:`split_list` splits a comma-list value, respecting quotes and angle brackets.
+- :class:`NameAddr` covers From/To/Contact/Route/Record-Route/Refer-To/Referred-By/Call-Info/
+  Geolocation/P-Asserted-Identity/History-Info: ``[display] <uri> *(;param)`` or ``addr-spec``.
+- :class:`Via`, :class:`CSeq`, and :class:`ParamValue` (``value *(;param)``: Event,
+  Subscription-State, Content-Type, Replaces, User-to-User, Reason, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, replace
+
+from telephony.sip.errors import ParseError
+from telephony.sip.uri import URI, Params, parse_uri
+
+COMPACT = {
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "n": "identity-info",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+    "y": "identity",
+}
+
+# Headers whose grammar is a comma-separated list (several values may share one line).
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "call-info",
+        "geolocation",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "history-info",
+        "user-to-user",
+        "require",
+        "proxy-require",
+        "supported",
+        "unsupported",
+        "allow",
+        "allow-events",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "reason",
+        "warning",
+        "accept-contact",
+        "reject-contact",
+        "resource-priority",
+        "in-reply-to",
+    }
+)
+
+# Spelling used when we add a header ourselves.
+_PRETTY = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "p-preferred-identity": "P-Preferred-Identity",
+    "user-to-user": "User-to-User",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+}
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_VIA = re.compile(
+    r"SIP\s*/\s*2\.0\s*/\s*(?P<transport>[A-Za-z0-9\-.!%*_+`'~]+)\s+"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(?P<port>[0-9]{1,5}))?\s*(?P<rest>.*)\Z",
+    re.IGNORECASE | re.DOTALL,
+)
+_CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
+BRANCH_COOKIE = "z9hG4bK"
+
+
+def canonical(name: str) -> str:
+    """Lower-case long form of a header name (compact forms expanded)."""
+    low = name.lower()
+    return COMPACT.get(low, low) if len(low) == 1 else low
+
+
+def pretty(name: str) -> str:
+    """Conventional spelling for a header we add (``call-id`` -> ``Call-ID``)."""
+    low = canonical(name)
+    return _PRETTY.get(low) or "-".join(p.capitalize() for p in low.split("-"))
+
+
+def is_token(text: str) -> bool:
+    return _TOKEN.match(text) is not None
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-list header value; commas inside quotes or ``<...>`` do not split."""
+    if '"' not in value and "<" not in value:
+        items = [p.strip() for p in value.split(",")]
+        return [p for p in items if p]
+    out: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            item = value[start:i].strip()
+            if item:
+                out.append(item)
+            start = i + 1
+        i += 1
+    if quoted or angle:
+        raise ParseError("unbalanced quote or angle bracket")
+    item = value[start:].strip()
+    if item:
+        out.append(item)
+    return out
+
+
+def _split_semicolons(text: str) -> list[str]:
+    if '"' not in text:
+        return text.split(";")
+    parts: list[str] = []
+    start = 0
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ";":
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quoted:
+        raise ParseError("unterminated quoted string")
+    parts.append(text[start:])
+    return parts
+
+
+def parse_params(text: str) -> Params:
+    """Parse ``;name[=value]`` header parameters (text may start with ``;``). Names lower-cased;
+    quoted values keep their quotes so that serialization is exact."""
+    text = text.strip()
+    if not text:
+        return ()
+    if text[0] != ";":
+        raise ParseError("expected ';' before parameters")
+    params: list[tuple[str, str | None]] = []
+    for part in _split_semicolons(text[1:]):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name and not eq:
+            continue  # tolerate a stray ';'
+        if not _TOKEN.match(name):
+            raise ParseError("bad header parameter name")
+        if eq:
+            value = value.strip()
+            if not value or (value[0] != '"' and any(c in value for c in " \t\r\n")):
+                raise ParseError("bad header parameter value")
+            params.append((name.lower(), value))
+        else:
+            params.append((name.lower(), None))
+    return tuple(params)
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+def _get(params: Params, name: str) -> str | None:
+    for k, v in params:
+        if k == name:
+            return v
+    return None
+
+
+def unquote(value: str) -> str:
+    """Remove surrounding quotes and backslash escapes from a quoted-string."""
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        return re.sub(r"\\(.)", r"\1", inner) if "\\" in inner else inner
+    return value
+
+
+def quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _set_param(params: Params, name: str, value: str | None) -> Params:
+    out = [(k, v) for k, v in params if k != name]
+    out.append((name, value))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``[display-name] <uri> *(;param)``. ``display_name`` is unquoted; ``params`` are header
+    params (``tag``, ``purpose``, ``expires``, ...), not URI params."""
+
+    uri: URI
+    display_name: str | None = None
+    params: Params = ()
+
+    @property
+    def tag(self) -> str | None:
+        return _get(self.params, "tag")
+
+    def param(self, name: str) -> str | None:
+        return _get(self.params, name.lower())
+
+    def with_tag(self, tag: str) -> NameAddr:
+        return replace(self, params=_set_param(self.params, "tag", tag))
+
+    def with_param(self, name: str, value: str | None) -> NameAddr:
+        return replace(self, params=_set_param(self.params, name.lower(), value))
+
+    def __str__(self) -> str:
+        disp = f"{quote(self.display_name)} " if self.display_name else ""
+        return f"{disp}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """Parse name-addr or addr-spec with header params. Raises ParseError."""
+    v = value.strip()
+    if not v:
+        raise ParseError("empty address")
+    display: str | None = None
+    if v[0] == '"':
+        i = 1
+        n = len(v)
+        while i < n:
+            c = v[i]
+            if c == "\\":
+                i += 2
+                continue
+            if c == '"':
+                break
+            i += 1
+        else:
+            raise ParseError("unterminated display name")
+        display = unquote(v[: i + 1])
+        v = v[i + 1 :].lstrip()
+        if not v.startswith("<"):
+            raise ParseError("display name without <uri>")
+    lt = v.find("<")
+    if lt >= 0:
+        gt = v.find(">", lt)
+        if gt < 0:
+            raise ParseError("missing '>' in address")
+        if lt > 0:
+            words = v[:lt].split()
+            if display is not None or not all(_TOKEN.match(w) for w in words):
+                raise ParseError("bad display name")
+            display = " ".join(words) or None
+        uri = parse_uri(v[lt + 1 : gt])
+        params = parse_params(v[gt + 1 :])
+    else:
+        # addr-spec: parameters after the URI are header parameters (RFC 3261 §20.10).
+        uri_text, semi, ptext = v.partition(";")
+        if any(c in uri_text for c in " \t,?"):
+            raise ParseError("bad address")
+        uri = parse_uri(uri_text)
+        params = parse_params(semi + ptext)
+    return NameAddr(uri=uri, display_name=display or None, params=params)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via entry: ``SIP/2.0/<transport> host[:port] *(;param)``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = ()
+
+    @property
+    def branch(self) -> str | None:
+        return _get(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return _get(self.params, "received")
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value filled in by a server (RFC 3581); None when absent or empty."""
+        v = _get(self.params, "rport")
+        return int(v) if v and v.isdigit() else None
+
+    @property
+    def has_rport(self) -> bool:
+        return any(k == "rport" for k, _ in self.params)
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    @property
+    def is_rfc3261(self) -> bool:
+        """True when the branch carries the RFC 3261 magic cookie (else RFC 2543 matching)."""
+        b = self.branch
+        return b is not None and b.startswith(BRANCH_COOKIE)
+
+    def param(self, name: str) -> str | None:
+        return _get(self.params, name.lower())
+
+    def with_param(self, name: str, value: str | None) -> Via:
+        return replace(self, params=_set_param(self.params, name.lower(), value))
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+def parse_via(value: str) -> Via:
+    m = _VIA.match(value.strip())
+    if m is None:
+        raise ParseError("bad Via")
+    port_s = m.group("port")
+    port = int(port_s) if port_s else None
+    if port is not None and port > 65535:
+        raise ParseError("bad Via port")
+    return Via(
+        transport=m.group("transport").upper(),
+        host=m.group("host").lower(),
+        port=port,
+        params=parse_params(m.group("rest")),
+    )
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch (magic cookie + 96 random bits)."""
+    return BRANCH_COOKIE + secrets.token_hex(12)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    m = _CSEQ.match(value)
+    if m is None:
+        raise ParseError("bad CSeq")
+    seq = int(m.group(1))
+    if seq >= 2**31:
+        raise ParseError("CSeq number out of range")
+    return CSeq(seq, m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class ParamValue:
+    """``value *(;param)`` headers. ``value`` is the text before the first ``;`` (stripped)."""
+
+    value: str
+    params: Params = ()
+
+    def param(self, name: str) -> str | None:
+        return _get(self.params, name.lower())
+
+    def has_param(self, name: str) -> bool:
+        key = name.lower()
+        return any(k == key for k, _ in self.params)
+
+    def __str__(self) -> str:
+        return f"{self.value}{format_params(self.params)}"
+
+
+def parse_param_value(value: str) -> ParamValue:
+    v = value.strip()
+    if v.startswith('"'):
+        # quoted value (e.g. some User-to-User); find its end before the params
+        end = 1
+        while end < len(v) and v[end] != '"':
+            end += 2 if v[end] == "\\" else 1
+        if end >= len(v):
+            raise ParseError("unterminated quoted string")
+        head, rest = v[: end + 1], v[end + 1 :]
+    else:
+        head, semi, tail = v.partition(";")
+        rest = semi + tail
+        head = head.strip()
+    if not head:
+        raise ParseError("empty header value")
+    return ParamValue(head, parse_params(rest))

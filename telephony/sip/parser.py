@@ -1,0 +1,214 @@
+"""Bytes to messages: :func:`parse_message` for one datagram, :class:`StreamParser` for TCP/TLS.
+
+Both validate what every later layer relies on (start line, version, the headers a transaction and
+a dialog need: Via, From, To, Call-ID, CSeq matching the method, Max-Forwards, Content-Length) and
+raise :class:`ParseError` carrying the status to answer with. No other exception type escapes, for
+any input. Headers a caller may never look at are parsed lazily, on first typed access.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from telephony.sip.errors import ParseError
+from telephony.sip.headers import is_token
+from telephony.sip.message import Headers, Request, Response, parse_content_length
+from telephony.sip.uri import parse_uri
+
+Message = Request | Response
+
+MAX_DATAGRAM = 65535
+MAX_URI_LENGTH = 4096
+
+_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) ([1-6][0-9][0-9])(?: (.*))?\Z", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+
+
+def parse_message(data: bytes, *, max_size: int = MAX_DATAGRAM) -> Message:
+    """Parse one datagram. Octets after Content-Length are ignored (RFC 3261 §18.3); a body shorter
+    than Content-Length is an error (400); without Content-Length the body is the rest."""
+    if len(data) > max_size:
+        raise ParseError("message too large", status=513)
+    head, body, length_known = _split_head(data)
+    msg = _parse_head(head)
+    clen = msg.content_length
+    if clen is not None:
+        if clen > len(body):
+            raise ParseError("Content-Length larger than the datagram")
+        body = body[:clen]
+    elif not length_known:
+        body = b""
+    msg.body = body
+    return msg
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
+    # Tolerate leading CRLFs (keep-alives before a message, RFC 3261 §7.5).
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        return data[start:end], data[end + 4 :], True
+    end = data.find(b"\n\n", start)
+    if end >= 0:  # bare-LF sender: be liberal in what we accept
+        return data[start:end], data[end + 2 :], True
+    # no blank line: headers only (the blank line may be lost by a sloppy sender)
+    return data[start:].rstrip(b"\r\n"), b"", False
+
+
+def _parse_head(head: bytes) -> Message:
+    try:
+        text = head.decode("utf-8", "surrogateescape")
+    except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape accepts any bytes
+        raise ParseError("undecodable header") from exc
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            raise ParseError("stray CR in header")
+    lines = text.split("\n")
+    first = lines[0]
+    items: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            raise ParseError("empty line inside header")
+        c = line[0]
+        if c == " " or c == "\t":
+            if not items:
+                raise ParseError("continuation line before any header")
+            name, value = items[-1]
+            items[-1] = (name, f"{value} {line.strip()}")  # unfold (RFC 3261 §7.3.1)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ParseError("header line without ':'")
+        name = name.rstrip(" \t")
+        if not _HEADER_NAME.match(name):
+            raise ParseError("bad header name")
+        items.append((name, value.strip(" \t")))
+    headers = Headers(items)
+    msg = _parse_start_line(first, headers)
+    _validate(msg)
+    return msg
+
+
+def _parse_start_line(line: str, headers: Headers) -> Message:
+    if line[:4].upper() == "SIP/":
+        m = _STATUS_LINE.match(line)
+        if m is None:
+            raise ParseError("bad status line")
+        if m.group(1) != "2.0":
+            raise ParseError("unsupported SIP version", status=505)
+        return Response(int(m.group(2)), m.group(3) or "", headers)
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise ParseError("bad request line")
+    method, uri_text, version = parts
+    if not is_token(method):
+        raise ParseError("bad method")
+    if version.upper() != "SIP/2.0":
+        if version[:4].upper() == "SIP/":
+            raise ParseError("unsupported SIP version", status=505)
+        raise ParseError("bad request line")
+    if len(uri_text) > MAX_URI_LENGTH:
+        raise ParseError("Request-URI too long", status=414)
+    scheme = uri_text.partition(":")[0].lower()
+    if scheme not in _SUPPORTED_SCHEMES:
+        if is_token(scheme.replace("+", "")) and ":" in uri_text:
+            raise ParseError("unsupported URI scheme", status=416)
+        raise ParseError("bad Request-URI")
+    return Request(method, parse_uri(uri_text), headers)
+
+
+def _validate(msg: Message) -> None:
+    headers = msg.headers
+    for key in _REQUIRED:
+        if key not in headers:
+            raise ParseError(f"missing {key} header")
+    msg.top_via  # noqa: B018 - parses every Via
+    _ = msg.call_id
+    cseq = msg.cseq
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+    msg.max_forwards  # noqa: B018
+    msg.content_length  # noqa: B018
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        raise ParseError("CSeq method does not match the request method")
+
+
+# -- streams (TCP, TLS) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """A CRLF CRLF ping (RFC 5626 §3.5.1) arrived on the stream: answer with one CRLF (pong)."""
+
+
+StreamEvent = Request | Response | KeepAlive
+
+
+class StreamParser:
+    """Incremental parser for a SIP byte stream. Feed chunks of any size; get whole messages.
+
+    Content-Length is mandatory on streams (RFC 3261 §18.3). After a :class:`ParseError` the stream
+    has lost its framing: the caller should answer (when it can) and close the connection.
+    """
+
+    def __init__(self, max_message: int = MAX_DATAGRAM) -> None:
+        self._buf = bytearray()
+        self._max = max_message
+        self._error: ParseError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        out: list[StreamEvent] = []
+        try:
+            while buf:
+                # keep-alives and stray CRLFs between messages
+                if buf[0] in b"\r\n":
+                    if buf.startswith(b"\r\n\r\n"):
+                        del buf[:4]
+                        out.append(KeepAlive())
+                        continue
+                    if buf == b"\r\n" or buf == b"\r" or buf.startswith(b"\r\n\r"):
+                        break  # maybe the start of a ping: wait for more
+                    if buf.startswith(b"\r\n"):
+                        del buf[:2]
+                        continue
+                    if buf[0] == 0x0A:  # lone LF
+                        del buf[:1]
+                        continue
+                    break
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > self._max:
+                        raise ParseError("header too large", status=513)
+                    break
+                msg = _parse_head(bytes(buf[:end]))
+                clen = msg.content_length
+                if clen is None:
+                    raise ParseError("missing Content-Length on a stream transport")
+                total = end + 4 + clen
+                if total > self._max:
+                    raise ParseError("message too large", status=513)
+                if len(buf) < total:
+                    break
+                msg.body = bytes(buf[end + 4 : total])
+                del buf[:total]
+                out.append(msg)
+        except ParseError as exc:
+            # framing is lost: hand out what was complete, fail from the next call on
+            self._error = exc
+            if not out:
+                raise
+        return out
