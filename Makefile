@@ -4,27 +4,39 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-SYS_PACKAGES := redis-server sip-tester
+APT := apt-get -o DPkg::Lock::Timeout=300
+export DEBIAN_FRONTEND := noninteractive
+# uv must use the machine's Python (>= 3.11); it cannot download one here.
+export UV_PYTHON_DOWNLOADS := never
+# uv from PATH, else the copy pip just installed (evaluated at each use, after the install)
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: setup system venv run test lint bench clean
+.PHONY: setup system uv venv run test lint bench clean
 
 setup: system venv
 
 # System packages the tests use as real peers; installed only when missing.
 system:
 	@missing=""; \
+	command -v python3 >/dev/null || missing="$$missing python3 python3-venv python3-pip"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -o DPkg::Lock::Timeout=300 && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=300 $$missing; \
+	  $(APT) update && $(APT) install -y $$missing; \
 	fi
 
 # uv builds .venv/ from pyproject.toml (+ uv.lock when present).
-venv:
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
-	uv sync --group dev
+uv:
+	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv \
+	  || python3 -m pip install --quiet --break-system-packages uv \
+	  || { $(APT) update && $(APT) install -y python3-pip && \
+	       python3 -m pip install --quiet --break-system-packages uv; }
+
+# (a target of its own: make expands a recipe before running it, so $(UV) must be
+# expanded only after the uv target has installed it)
+venv: uv
+	$(UV) sync --group dev
 
 run: setup
 	$(VENV)/bin/handoffctl --help
@@ -38,7 +50,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
-	uv sync --group dev --group bench
+	$(UV) sync --group dev --group bench
 	$(PY) bench/parse.py
 	$(PY) bench/transactions.py
 

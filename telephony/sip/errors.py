@@ -1,4 +1,4 @@
-"""Typed SIP errors. Every error carries the status to answer with and says which side broke the rules.
+"""Typed SIP errors: each carries the status to answer with and says which side broke the rules.
 
 Layer boundaries convert these to responses (a 400 for a malformed request, 481 for an unknown
 transaction, ...); nothing above the parser ever sees a bare ``ValueError`` from SIP input.

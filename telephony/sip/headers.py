@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from telephony.sip.errors import ParseError
 from telephony.sip.uri import URI, Params, parse_uri
@@ -96,6 +96,16 @@ _VIA = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(?P<port>[0-9]{1,5}))?\s*(?P<rest>.*)\Z",
     re.IGNORECASE | re.DOTALL,
 )
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_FAST_PARAMS = re.compile(
+    r"(?:;" + _TOKEN_RE + r"(?:=(?:" + _TOKEN_RE + r"|\[[0-9A-Fa-f:.]+\]))?)+\Z"
+)
+# ``"display" <uri>;params`` or ``token words <uri>;params`` in one pass
+_FAST_NAME_ADDR = re.compile(
+    r'[ \t]*(?:"((?:[^"\\\r\n]|\\[^\r\n])*)"[ \t]*|((?:' + _TOKEN_RE + r"[ \t]+)*))"
+    r"<([^<>\s\"]+)>[ \t]*((?:;[^\s;\"]+)*)[ \t]*\Z"
+)
+_new = tuple.__new__  # positional NamedTuple construction, skipping keyword handling
 _CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
 BRANCH_COOKIE = "z9hG4bK"
 
@@ -116,42 +126,20 @@ def is_token(text: str) -> bool:
     return _TOKEN.match(text) is not None
 
 
+# a comma list is well formed when quotes and angle brackets balance
+_LIST_WELL_FORMED = re.compile(r'(?:[^,"<>]|"(?:[^"\\]|\\.)*"|<[^<>"]*>|,)*\Z', re.DOTALL)
+_LIST_ITEM = re.compile(r'(?:[^,"<>]|"(?:[^"\\]|\\.)*"|<[^<>"]*>)+', re.DOTALL)
+
+
 def split_list(value: str) -> list[str]:
     """Split a comma-list header value; commas inside quotes or ``<...>`` do not split."""
-    if '"' not in value and "<" not in value:
+    if '"' not in value and "<" not in value and ">" not in value:
         items = [p.strip() for p in value.split(",")]
         return [p for p in items if p]
-    out: list[str] = []
-    start = 0
-    quoted = False
-    angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            angle = True
-        elif c == ">":
-            angle = False
-        elif c == "," and not angle:
-            item = value[start:i].strip()
-            if item:
-                out.append(item)
-            start = i + 1
-        i += 1
-    if quoted or angle:
+    if _LIST_WELL_FORMED.match(value) is None:
         raise ParseError("unbalanced quote or angle bracket")
-    item = value[start:].strip()
-    if item:
-        out.append(item)
-    return out
+    items = [p.strip() for p in _LIST_ITEM.findall(value)]
+    return [p for p in items if p]
 
 
 def _split_semicolons(text: str) -> list[str]:
@@ -183,6 +171,15 @@ def _split_semicolons(text: str) -> list[str]:
 def parse_params(text: str) -> Params:
     """Parse ``;name[=value]`` header parameters (text may start with ``;``). Names lower-cased;
     quoted values keep their quotes so that serialization is exact."""
+    if not text:
+        return ()
+    if _FAST_PARAMS.match(text) is not None:
+        # common case: no quotes, no stray ';', no white space
+        out: list[tuple[str, str | None]] = []
+        for part in text[1:].split(";"):
+            name, eq, value = part.partition("=")
+            out.append((name.lower(), value if eq else None))
+        return tuple(out)
     text = text.strip()
     if not text:
         return ()
@@ -235,8 +232,7 @@ def _set_param(params: Params, name: str, value: str | None) -> Params:
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """``[display-name] <uri> *(;param)``. ``display_name`` is unquoted; ``params`` are header
     params (``tag``, ``purpose``, ``expires``, ...), not URI params."""
 
@@ -252,10 +248,10 @@ class NameAddr:
         return _get(self.params, name.lower())
 
     def with_tag(self, tag: str) -> NameAddr:
-        return replace(self, params=_set_param(self.params, "tag", tag))
+        return self._replace(params=_set_param(self.params, "tag", tag))
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
-        return replace(self, params=_set_param(self.params, name.lower(), value))
+        return self._replace(params=_set_param(self.params, name.lower(), value))
 
     def __str__(self) -> str:
         disp = f"{quote(self.display_name)} " if self.display_name else ""
@@ -264,6 +260,14 @@ class NameAddr:
 
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params. Raises ParseError."""
+    m = _FAST_NAME_ADDR.match(value)
+    if m is not None:
+        quoted, words, uri_text, ptext = m.groups()
+        if quoted is not None:
+            shown = unquote(f'"{quoted}"') if "\\" in quoted else quoted
+        else:
+            shown = " ".join(words.split()) if words else ""
+        return _new(NameAddr, (parse_uri(uri_text), shown or None, parse_params(ptext)))
     v = value.strip()
     if not v:
         raise ParseError("empty address")
@@ -307,8 +311,7 @@ def parse_name_addr(value: str) -> NameAddr:
     return NameAddr(uri=uri, display_name=display or None, params=params)
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(NamedTuple):
     """One Via entry: ``SIP/2.0/<transport> host[:port] *(;param)``."""
 
     transport: str
@@ -348,7 +351,7 @@ class Via:
         return _get(self.params, name.lower())
 
     def with_param(self, name: str, value: str | None) -> Via:
-        return replace(self, params=_set_param(self.params, name.lower(), value))
+        return self._replace(params=_set_param(self.params, name.lower(), value))
 
     def __str__(self) -> str:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
@@ -362,11 +365,14 @@ def parse_via(value: str) -> Via:
     port = int(port_s) if port_s else None
     if port is not None and port > 65535:
         raise ParseError("bad Via port")
-    return Via(
-        transport=m.group("transport").upper(),
-        host=m.group("host").lower(),
-        port=port,
-        params=parse_params(m.group("rest")),
+    return _new(
+        Via,
+        (
+            m.group("transport").upper(),
+            m.group("host").lower(),
+            port,
+            parse_params(m.group("rest")),
+        ),
     )
 
 
@@ -379,8 +385,7 @@ def new_tag() -> str:
     return secrets.token_hex(8)
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
+class CSeq(NamedTuple):
     seq: int
     method: str
 
@@ -395,11 +400,10 @@ def parse_cseq(value: str) -> CSeq:
     seq = int(m.group(1))
     if seq >= 2**31:
         raise ParseError("CSeq number out of range")
-    return CSeq(seq, m.group(2))
+    return _new(CSeq, (seq, m.group(2)))
 
 
-@dataclass(frozen=True, slots=True)
-class ParamValue:
+class ParamValue(NamedTuple):
     """``value *(;param)`` headers. ``value`` is the text before the first ``;`` (stripped)."""
 
     value: str

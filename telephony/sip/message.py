@@ -99,6 +99,15 @@ class Headers:
         # typed values parsed from these headers; cleared on every change
         self._cache: dict[str, Any] = {}
 
+    @classmethod
+    def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[int]]) -> Headers:
+        """Headers from the parser, which has already built the index (no copies)."""
+        self = cls.__new__(cls)
+        self._items = items
+        self._index = index
+        self._cache = {}
+        return self
+
     def _idx(self) -> dict[str, list[int]]:
         index = self._index
         if index is None:
@@ -123,6 +132,8 @@ class Headers:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Headers) and self._items == other._items
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"

@@ -12,8 +12,16 @@ import re
 from dataclasses import dataclass
 
 from telephony.sip.errors import ParseError
-from telephony.sip.headers import is_token
-from telephony.sip.message import Headers, Request, Response, parse_content_length
+from telephony.sip.headers import (
+    Via,
+    canonical,
+    is_token,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
+from telephony.sip.message import Headers, Request, Response
 from telephony.sip.uri import parse_uri
 
 Message = Request | Response
@@ -60,37 +68,53 @@ def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
     return data[start:].rstrip(b"\r\n"), b"", False
 
 
+# header-name spelling -> canonical name, for names already seen to be valid (bounded)
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 4096
+
+
 def _parse_head(head: bytes) -> Message:
-    try:
-        text = head.decode("utf-8", "surrogateescape")
-    except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape accepts any bytes
-        raise ParseError("undecodable header") from exc
-    if "\r" in text:
+    text = head.decode("utf-8", "surrogateescape")  # any bytes decode; serialization restores them
+    crlf = text.count("\r\n")
+    if crlf == text.count("\n") and crlf == text.count("\r"):
+        lines = text.split("\r\n")
+    else:
         text = text.replace("\r\n", "\n")
         if "\r" in text:
             raise ParseError("stray CR in header")
-    lines = text.split("\n")
-    first = lines[0]
+        lines = text.split("\n")
     items: list[tuple[str, str]] = []
+    index: dict[str, list[int]] = {}
+    cache = _NAME_CACHE
     for line in lines[1:]:
         if not line:
             raise ParseError("empty line inside header")
-        c = line[0]
-        if c == " " or c == "\t":
+        if line[0] in " \t":
             if not items:
                 raise ParseError("continuation line before any header")
             name, value = items[-1]
-            items[-1] = (name, f"{value} {line.strip()}")  # unfold (RFC 3261 §7.3.1)
+            items[-1] = (name, value + " " + line.strip(" \t"))  # unfold (RFC 3261 §7.3.1)
             continue
         name, colon, value = line.partition(":")
         if not colon:
             raise ParseError("header line without ':'")
-        name = name.rstrip(" \t")
-        if not _HEADER_NAME.match(name):
-            raise ParseError("bad header name")
+        key = cache.get(name)
+        if key is None:
+            stripped = name.rstrip(" \t")
+            if not _HEADER_NAME.match(stripped):
+                raise ParseError("bad header name")
+            key = canonical(stripped)
+            if stripped == name and len(cache) < _NAME_CACHE_MAX:
+                cache[name] = key
+            name = stripped
+        pos = index.get(key)
+        if pos is None:
+            index[key] = [len(items)]
+        else:
+            pos.append(len(items))
         items.append((name, value.strip(" \t")))
-    headers = Headers(items)
-    msg = _parse_start_line(first, headers)
+    headers = Headers._parsed(items, index)
+    msg = _parse_start_line(lines[0], headers)
     _validate(msg)
     return msg
 
@@ -124,17 +148,34 @@ def _parse_start_line(line: str, headers: Headers) -> Message:
 
 
 def _validate(msg: Message) -> None:
+    """Parse the headers every later layer relies on, filling the message's typed-value cache
+    exactly as the accessors would (same keys, same types)."""
     headers = msg.headers
+    index = headers._idx()
+    items = headers._items
+    cache = headers._cache
     for key in _REQUIRED:
-        if key not in headers:
+        if key not in index:
             raise ParseError(f"missing {key} header")
-    msg.top_via  # noqa: B018 - parses every Via
-    _ = msg.call_id
-    cseq = msg.cseq
-    msg.from_  # noqa: B018
-    msg.to  # noqa: B018
-    msg.max_forwards  # noqa: B018
-    msg.content_length  # noqa: B018
+    vias: list[Via] = []
+    for i in index["via"]:
+        value = items[i][1]
+        if "," in value:
+            vias.extend(parse_via(v) for v in split_list(value))
+        else:
+            vias.append(parse_via(value))
+    if not vias:
+        raise ParseError("missing Via header")
+    cache["via"] = vias
+    if not items[index["call-id"][0]][1]:
+        raise ParseError("missing Call-ID header")
+    cseq = cache["cseq"] = parse_cseq(items[index["cseq"][0]][1])
+    cache["from"] = parse_name_addr(items[index["from"][0]][1])
+    cache["to"] = parse_name_addr(items[index["to"][0]][1])
+    if "max-forwards" in index:
+        msg.max_forwards  # noqa: B018 - validates
+    if "content-length" in index:
+        msg.content_length  # noqa: B018 - validates
     if isinstance(msg, Request) and cseq.method != msg.method:
         raise ParseError("CSeq method does not match the request method")
 
@@ -180,7 +221,7 @@ class StreamParser:
                         del buf[:4]
                         out.append(KeepAlive())
                         continue
-                    if buf == b"\r\n" or buf == b"\r" or buf.startswith(b"\r\n\r"):
+                    if buf in (b"\r\n", b"\r") or buf.startswith(b"\r\n\r"):
                         break  # maybe the start of a ping: wait for more
                     if buf.startswith(b"\r\n"):
                         del buf[:2]

@@ -26,7 +26,11 @@ def reject_malformed(data: bytes, error: ParseError) -> bytes | None:
     lines = text.replace("\r\n", "\n").split("\n")
     start = lines[0].strip()
     parts = start.split(" ")
-    if len(parts) != 3 or not parts[2].upper().startswith("SIP/") or start.upper().startswith("SIP/"):
+    if (
+        len(parts) != 3
+        or not parts[2].upper().startswith("SIP/")
+        or start.upper().startswith("SIP/")
+    ):
         return None
     found: dict[str, list[str]] = {}
     for line in lines[1:]:
