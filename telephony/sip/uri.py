@@ -1,8 +1,8 @@
 """SIP, SIPS and tel URIs (RFC 3261 §19.1 and §25, RFC 3966), plus opaque absolute URIs.
 
 ``parse_uri`` turns text into an immutable :class:`URI`; ``str(uri)`` writes it back. Parameter
-names are case-insensitive and kept lower-cased; values keep their spelling. The user part is kept escaped as
-written (``%23`` stays ``%23``): :func:`unescape` decodes it when a caller needs the characters.
+names are case-insensitive and kept lower-cased; values keep their spelling. The user part is
+kept escaped as written (``%23`` stays ``%23``): :func:`unescape` decodes it when needed.
 Other schemes (``urn:``, ``cid:``, ``http:`` in Call-Info or Geolocation) keep everything after the
 colon in ``opaque``.
 """
