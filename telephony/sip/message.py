@@ -18,6 +18,7 @@ from telephony.sip.headers import (
     ParamValue,
     Via,
     canonical,
+    is_token,
     parse_cseq,
     parse_name_addr,
     parse_param_value,
@@ -225,19 +226,29 @@ class Message:
     # -- typed access -----------------------------------------------------------------------
 
     def _one(self, key: str, parse: Callable[[str], T]) -> T | None:
-        cache = self.headers._cache
+        headers = self.headers
+        cache = headers._cache
         if key in cache:
             return cache[key]  # type: ignore[no-any-return]
-        raw = self.headers.get(key)
-        val = None if raw is None else parse(raw)
+        pos = headers._idx().get(key)
+        val = None if not pos else parse(headers._items[pos[0]][1])
         cache[key] = val
         return val
 
     def _many(self, key: str, parse: Callable[[str], T]) -> list[T]:
-        cache = self.headers._cache
+        """Typed elements of list header ``key`` (``key`` is already canonical)."""
+        headers = self.headers
+        cache = headers._cache
         if key in cache:
             return cache[key]  # type: ignore[no-any-return]
-        val = [parse(v) for v in self.headers.values(key)]
+        items = headers._items
+        val: list[T] = []
+        for i in headers._idx().get(key, ()):
+            raw = items[i][1]
+            if "," in raw:
+                val.extend(parse(v) for v in split_list(raw))
+            elif raw.strip():
+                val.append(parse(raw))
         cache[key] = val
         return val
 
@@ -485,14 +496,14 @@ def _parse_content_type(value: str) -> ParamValue:
 
 def _parse_option_tag(value: str) -> str:
     v = value.strip()
-    if not v or any(c in v for c in " \t;"):
+    if not is_token(v):
         raise ParseError("bad option tag")
     return v.lower()
 
 
 def _parse_method(value: str) -> str:
     v = value.strip()
-    if not v or any(c in v for c in " \t;"):
+    if not is_token(v):
         raise ParseError("bad method in Allow")
     return v.upper()
 
