@@ -1,0 +1,142 @@
+"""Drives the sans-IO transaction layer from real sockets and the event loop's clock.
+
+:class:`SipStack` is the only place where SIP meets asyncio: messages from :class:`Transports` go
+into :meth:`TransactionLayer.receive` with ``loop.time()`` as ``now``; after every call into the
+layer its transmits are written to the network, its events handed to the transaction user (the
+``handler``), and a single ``loop.call_at`` handle is moved to the layer's earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from telephony.io.transport import Transports
+from telephony.sip.message import Request, Response
+from telephony.sip.transaction import (
+    Endpoint,
+    Event,
+    TimerConfig,
+    TransactionKey,
+    TransactionLayer,
+)
+
+log = logging.getLogger("telephony.io")
+
+EventHandler = Callable[[Event], None]
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop policy when uvloop is installed; True when it is."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+class SipStack:
+    """One SIP endpoint: transports + transaction layer + timer, feeding events to ``handler``."""
+
+    def __init__(self, handler: EventHandler, config: TimerConfig | None = None) -> None:
+        self.handler = handler
+        self.layer = TransactionLayer(config or TimerConfig())
+        self.transports = Transports(self._on_message, self._on_failure)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.local: list[Endpoint] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    async def listen(self, transport: str, host: str, port: int) -> Endpoint:
+        """Open a listener (``udp`` or ``tcp``); returns the bound endpoint (port 0 = any free)."""
+        self._loop = asyncio.get_running_loop()
+        if transport == "udp":
+            ep = await self.transports.listen_udp(host, port)
+        elif transport == "tcp":
+            ep = await self.transports.listen_tcp(host, port)
+        else:
+            raise ValueError(f"unsupported transport {transport!r}")
+        self.local.append(ep)
+        return ep
+
+    # -- calls from the transaction user ---------------------------------------------------
+
+    def send_request(self, request: Request, dest: Endpoint) -> TransactionKey:
+        key = self.layer.send_request(request, dest, self.now())
+        self._pump()
+        return key
+
+    def send_response(self, response: Response) -> None:
+        self.layer.send_response(response, self.now())
+        self._pump()
+
+    def send_stateless(self, message: Request | Response, dest: Endpoint) -> None:
+        self.layer.send_stateless(message, dest)
+        self._pump()
+
+    def cancel(self, key: TransactionKey) -> TransactionKey | None:
+        cancel_key = self.layer.cancel(key, self.now())
+        self._pump()
+        return cancel_key
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.transports.close()
+
+    # -- calls from the network and the clock ----------------------------------------------
+
+    def _on_message(self, msg: Request | Response, source: Endpoint) -> None:
+        self.layer.receive(msg, source, self.now())
+        self._pump()
+
+    def _on_failure(self, dest: Endpoint, exc: Exception) -> None:
+        log.info("transport failure to %s:%d/%s: %s", dest.host, dest.port, dest.transport, exc)
+        self.layer.transport_error(dest, self.now())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.layer.handle_timer(self.now())
+        self._pump()
+
+    def _pump(self) -> None:
+        layer = self.layer
+        send = self.transports.send
+        for tx in layer.transmits():
+            send(tx.data, tx.dest)
+        events = layer.events()
+        for ev in events:
+            try:
+                self.handler(ev)
+            except Exception:  # a TU bug must not stop the stack
+                log.exception("event handler failed on %s", type(ev).__name__)
+        if events:
+            # the handler may have sent messages through us; flush those too
+            for tx in layer.transmits():
+                send(tx.data, tx.dest)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        deadline = self.layer.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)

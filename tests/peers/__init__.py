@@ -1,0 +1,1 @@
+"""Real and minimal peers used by the integration and end-to-end tests."""
