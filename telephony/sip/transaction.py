@@ -145,6 +145,7 @@ INVITE_CLIENT: Table = {
     (S.PROCEEDING, "2xx"): (S.ACCEPTED, "pass"),
     (S.PROCEEDING, "3xx-6xx"): (S.COMPLETED, "pass+ack"),
     (S.PROCEEDING, "transport_error"): (S.TERMINATED, "error"),
+    (S.PROCEEDING, "timer_cancel"): (S.TERMINATED, "timeout"),
     (S.COMPLETED, "1xx"): (S.COMPLETED, "drop"),
     (S.COMPLETED, "2xx"): (S.COMPLETED, "drop"),
     (S.COMPLETED, "3xx-6xx"): (S.COMPLETED, "ack"),
@@ -473,7 +474,7 @@ class TransactionLayer:
         cancel_key: TransactionKey = (key[0], "CANCEL")
         if tx.state is S.PROCEEDING:
             if cancel_key not in self._client:
-                self.send_request(make_cancel(tx.request), tx.dest, now)
+                self._send_cancel(tx, now)
             return cancel_key
         if tx.state is S.CALLING:
             tx.cancel_pending = True
@@ -512,7 +513,12 @@ class TransactionLayer:
         self._fire(tx, event, now, resp)
         if tx.cancel_pending and tx.state is S.PROCEEDING:
             tx.cancel_pending = False
-            self.send_request(make_cancel(tx.request), tx.dest, now)
+            self._send_cancel(tx, now)
+
+    def _send_cancel(self, tx: Transaction, now: float) -> None:
+        self.send_request(make_cancel(tx.request), tx.dest, now)
+        # no final response within 64*T1 of the CANCEL: give the INVITE up (RFC 3261 §9.1)
+        self._start(tx, "timer_cancel", 64 * self.config.t1, now)
 
     # -- server side --------------------------------------------------------------------------
 
