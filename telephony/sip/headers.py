@@ -105,6 +105,7 @@ _FAST_NAME_ADDR = re.compile(
     r'[ \t]*(?:"((?:[^"\\\r\n]|\\[^\r\n])*)"[ \t]*|((?:' + _TOKEN_RE + r"[ \t]+)*))"
     r"<([^<>\s\"]+)>[ \t]*((?:;[^\s;\"]+)*)[ \t]*\Z"
 )
+_QUOTED = re.compile(r'"(?:[^"\\\r\n]|\\[^\r\n])*"\Z')
 _new = tuple.__new__  # positional NamedTuple construction, skipping keyword handling
 _CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
 BRANCH_COOKIE = "z9hG4bK"
@@ -195,7 +196,12 @@ def parse_params(text: str) -> Params:
             raise ParseError("bad header parameter name")
         if eq:
             value = value.strip()
-            if not value or (value[0] != '"' and any(c in value for c in " \t\r\n")):
+            if not value:
+                raise ParseError("bad header parameter value")
+            if value[0] == '"':
+                if _QUOTED.match(value) is None:
+                    raise ParseError("bad quoted header parameter value")
+            elif any(c in value for c in ' \t\r\n"'):
                 raise ParseError("bad header parameter value")
             params.append((name.lower(), value))
         else:
@@ -304,6 +310,7 @@ def parse_name_addr(value: str) -> NameAddr:
     else:
         # addr-spec: parameters after the URI are header parameters (RFC 3261 §20.10).
         uri_text, semi, ptext = v.partition(";")
+        uri_text = uri_text.rstrip(" \t")  # LWS may precede the ';' of a header param
         if any(c in uri_text for c in " \t,?"):
             raise ParseError("bad address")
         uri = parse_uri(uri_text)
@@ -331,7 +338,7 @@ class Via(NamedTuple):
     def rport(self) -> int | None:
         """The rport value filled in by a server (RFC 3581); None when absent or empty."""
         v = _get(self.params, "rport")
-        return int(v) if v and v.isdigit() else None
+        return int(v) if v and len(v) <= 5 and v.isascii() and v.isdigit() else None
 
     @property
     def has_rport(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from telephony.sip.errors import ParseError
+from telephony.sip.errors import ParseError, SipError
 from telephony.sip.headers import (
     LIST_HEADERS,
     CSeq,
@@ -89,20 +89,35 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
 
 
+def _check_line(name: str, value: str) -> None:
+    """Refuse header text that would change the framing when written (header injection): a CR or
+    LF anywhere, or a ':' in the name. Parsed messages never hold such text; code building one
+    from outside data (an HTTP hook, a config file) might."""
+    if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name or not name:
+        raise SipError("CR, LF or ':' in a header line", status=500, side="local")
+
+
 class Headers:
-    """Ordered header lines ``(name as written, value)``; lookups ignore case and compact forms."""
+    """Ordered header lines ``(name as written, value)``; lookups ignore case and compact forms.
+
+    Lines added by our code (the constructor, :meth:`add`, :meth:`set`) are checked with
+    :func:`_check_line`: :class:`SipError` (local, 500) for text that would forge other lines.
+    """
 
     __slots__ = ("_cache", "_index", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = list(items)
+        for name, value in self._items:
+            _check_line(name, value)
         self._index: dict[str, list[int]] | None = None
         # typed values parsed from these headers; cleared on every change
         self._cache: dict[str, Any] = {}
 
     @classmethod
-    def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[int]]) -> Headers:
-        """Headers from the parser, which has already built the index (no copies)."""
+    def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[int]] | None) -> Headers:
+        """Headers from the parser, which has already built the index and checked the lines (no
+        copies, no checks)."""
         self = cls.__new__(cls)
         self._items = items
         self._index = index
@@ -162,6 +177,7 @@ class Headers:
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Append a line (or insert it before all others with ``first=True``, e.g. Via)."""
+        _check_line(name, value)
         if first:
             self._items.insert(0, (name, value))
         else:
@@ -170,6 +186,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line named ``name`` by one line at the position of the first."""
+        _check_line(name, value)
         key = canonical(name)
         pos = self._idx().get(key)
         if not pos:
@@ -205,7 +222,7 @@ class Headers:
         return parts[0] if parts else None
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        return Headers._parsed(list(self._items), None)
 
 
 class Message:
@@ -379,9 +396,15 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialize; Content-Length is always written and always matches the body."""
+        """Serialize; Content-Length is always written and always matches the body.
+
+        Raises :class:`SipError` (local, 500) when the start line holds a CR or LF (header lines
+        are checked when they are added: see :class:`Headers`)."""
         body = self.body
-        lines = [self.start_line()]
+        start = self.start_line()
+        if "\n" in start or "\r" in start:
+            raise SipError("CR or LF in the start line", status=500, side="local")
+        lines = [start]
         wrote_length = False
         for name, value in self.headers:
             if len(name) <= 14 and canonical(name) == "content-length":
@@ -474,7 +497,8 @@ class Response(Message):
 
 def _parse_max_forwards(value: str) -> int:
     v = value.strip()
-    if not v.isdigit() or len(v) > 3 or int(v) > 255:
+    # leading zeros are legal (RFC 4475 wsinv sends "0068")
+    if not v.isascii() or not v.isdigit() or len(v) > 10 or int(v) > 255:
         raise ParseError("bad Max-Forwards")
     return int(v)
 

@@ -26,6 +26,11 @@ _HOSTPORT = re.compile(
 # Characters allowed (unescaped) in the user part and in params/headers, per RFC 3261 §25.1.
 _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%#]+\Z")
 _PARAM_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+\Z")
+_PASSWORD = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]+\Z")
+# URI headers (``?name=value&...``): hname/hvalue chars, plus '@', ';', '=' and ',' in values,
+# which some UAs leave unescaped in an embedded Replaces (never white space, quotes or brackets).
+_HNAME = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/?:+$%]+\Z")
+_HVALUE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/?:+$%@;=,]+\Z")
 # The common shape of a SIP URI in one pass: scheme, user[:password]@, host[:port], ;params.
 # Anything else (URI headers, odd characters) takes the step-by-step path below.
 _FAST_SIP = re.compile(
@@ -172,26 +177,30 @@ def parse_uri(text: str) -> URI:
 
 
 def _parse_sip(scheme: str, rest: str) -> URI:
-    rest, q, hdrs = rest.partition("?")
-    headers: tuple[tuple[str, str], ...] = ()
-    if q:
-        pairs = []
-        for item in hdrs.split("&"):
-            name, eq, value = item.partition("=")
-            if not name or not eq:
-                raise ParseError("bad URI header")
-            pairs.append((name, value))
-        headers = tuple(pairs)
     user: str | None = None
     password: str | None = None
-    at = rest.rfind("@")
+    # The user part may hold ';', '?', '/' and ',' (RFC 3261 §25.1 user-unreserved) but never an
+    # unescaped '@', so the first '@' ends the userinfo; URI headers ('?...') follow the host.
+    at = rest.find("@")
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
         user, pc, pw = userinfo.partition(":")
         if not user or not _USER.match(user):
             raise ParseError("bad URI user part")
         if pc:
+            if pw and not _PASSWORD.match(pw):
+                raise ParseError("bad URI password")
             password = pw
+    rest, q, hdrs = rest.partition("?")
+    headers: tuple[tuple[str, str], ...] = ()
+    if q:
+        pairs = []
+        for item in hdrs.split("&"):
+            name, eq, value = item.partition("=")
+            if not eq or not _HNAME.match(name) or (value and not _HVALUE.match(value)):
+                raise ParseError("bad URI header")
+            pairs.append((name, value))
+        headers = tuple(pairs)
     hostport, _, ptext = rest.partition(";")
     m = _HOSTPORT.match(hostport)
     if m is None:
