@@ -85,6 +85,10 @@ class SipStack:
         self.layer.send_stateless(message, dest)
         self._pump()
 
+    def send_bytes(self, data: bytes, dest: Endpoint) -> None:
+        """Send already-serialized bytes (a UAS core's cached 2xx retransmission)."""
+        self.transports.send(data, dest)
+
     def cancel(self, key: TransactionKey) -> TransactionKey | None:
         cancel_key = self.layer.cancel(key, self.now())
         self._pump()

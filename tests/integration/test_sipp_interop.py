@@ -53,7 +53,9 @@ async def test_sipp_uac_calls_our_uas(tmp_path: Path, transport: str, sipp_trans
     assert uas.acks == CALLS
     assert uas.byes == CALLS
     assert uas.unknown_dialog == 0
-    assert not uas.dialogs
+    assert uas.ack_timeouts == 0
+    assert not uas.pending_2xx  # every 2xx retransmitter was stopped by its ACK
+    assert len(uas.dialogs) == 0  # every dialog ended by the caller's BYE
 
 
 @pytest.mark.asyncio

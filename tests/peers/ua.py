@@ -23,6 +23,7 @@ from telephony.sip import (
     new_tag,
     parse_uri,
 )
+from telephony.sip.dialog import AckTimedOut, Dialog, DialogTable, Uas2xxRetransmitter
 from telephony.sip.transaction import (
     Endpoint,
     Event,
@@ -30,6 +31,7 @@ from telephony.sip.transaction import (
     ResponseReceived,
     TransactionKey,
     TransactionTimedOut,
+    response_destination,
 )
 
 SDP = (
@@ -58,13 +60,34 @@ class MiniUas:
     acks: int = 0
     byes: int = 0
     unknown_dialog: int = 0
-    dialogs: set[tuple[str, str]] = field(default_factory=set)
+    ack_timeouts: int = 0
+    dialogs: DialogTable = field(default_factory=DialogTable)
+    pending_2xx: dict[tuple[str, str, str], Uas2xxRetransmitter] = field(default_factory=dict)
+
+    def _retransmit(self, r: Uas2xxRetransmitter, dest: Endpoint) -> None:
+        """Drive the sans-IO 2xx retransmitter from the event loop (RFC 6026 UAS core)."""
+        when = r.get_timer()
+        if when is None:
+            self.pending_2xx.pop(r.dialog_key, None)
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            for out in r.handle_timer(loop.time()):
+                if isinstance(out, AckTimedOut):
+                    self.ack_timeouts += 1
+                else:
+                    self.stack.send_bytes(out.data, dest)
+            self._retransmit(r, dest)
+
+        loop.call_at(when, fire)
 
     def handle(self, ev: Event) -> None:
         if not isinstance(ev, RequestReceived):
             return
         req = ev.request
-        contact = (("Contact", f"<sip:uas@{self.local.host}:{self.local.port}>"),)
+        me = NameAddr(parse_uri(f"sip:uas@{self.local.host}:{self.local.port}"))
+        contact = (("Contact", str(me)),)
         if req.method == "INVITE":
             self.invites += 1
             tag = new_tag()
@@ -76,15 +99,27 @@ class MiniUas:
                 headers=(*contact, ("Content-Type", "application/sdp")),
                 body=SDP,
             )
-            self.dialogs.add((req.call_id, tag))
+            dialog = Dialog.from_uas(req, tag, me, confirmed=True)
+            self.dialogs.add(dialog)
             self.stack.send_response(ok)
+            loop = asyncio.get_running_loop()
+            r = Uas2xxRetransmitter(
+                dialog.key, ok.to_bytes(), loop.time(), reliable=ev.source.reliable
+            )
+            self.pending_2xx[dialog.key] = r
+            self._retransmit(r, response_destination(req.top_via, ev.source))
         elif req.method == "ACK":
-            if (req.call_id, req.to.tag or "") in self.dialogs:
+            acked = self.dialogs.for_request(req)
+            if acked is not None:
                 self.acks += 1
+                pending = self.pending_2xx.pop(acked.key, None)
+                if pending is not None:
+                    pending.ack_received()
         elif req.method == "BYE":
-            key = (req.call_id, req.to.tag or "")
-            if key in self.dialogs:
-                self.dialogs.discard(key)
+            ending = self.dialogs.for_request(req)
+            if ending is not None:
+                ending.on_request(req)
+                self.dialogs.remove(ending)
                 self.byes += 1
                 self.stack.send_response(make_response(req, 200))
             else:
@@ -161,29 +196,13 @@ class MiniUac:
         resp = await self._transact(invite, dest)
         if resp.status >= 300:
             return CallResult(resp.status, None)
-        remote_target = resp.contact[0].uri if resp.contact else target
-        to = resp.to
-        ack = make_request(
-            "ACK",
-            remote_target,
-            via=_via(self.local),
-            from_=from_,
-            to=to,
-            call_id=call_id,
-            cseq=1,
-        )
-        self._acks[(call_id, to.tag or "")] = ack
+        dialog = Dialog.from_uac(invite, resp)
+        ack = dialog.create_ack(invite.cseq.seq, _via(self.local))
+        self._acks[(call_id, dialog.remote_tag)] = ack
         self.stack.send_stateless(ack, dest)
         await asyncio.sleep(hold)
-        bye = make_request(
-            "BYE",
-            remote_target,
-            via=_via(self.local),
-            from_=from_,
-            to=to,
-            call_id=call_id,
-            cseq=2,
-        )
+        bye = dialog.create_request("BYE", _via(self.local))
         bye_resp = await self._transact(bye, dest)
-        self._acks.pop((call_id, to.tag or ""), None)
+        dialog.on_response(bye, bye_resp)
+        self._acks.pop((call_id, dialog.remote_tag), None)
         return CallResult(resp.status, bye_resp.status)
