@@ -150,3 +150,39 @@ async def test_tcp_keepalive_ping_gets_pong_and_framing_errors_close() -> None:
         writer.close()
     finally:
         await stack.close()
+
+
+def test_the_stack_runs_on_uvloop() -> None:
+    """handoffd installs uvloop when present: the same exchange must work on its loop."""
+    import uvloop  # noqa: PLC0415 - the point of this test
+
+    async def exchange() -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[ResponseReceived] = loop.create_future()
+
+        def client_events(ev: Event) -> None:
+            if isinstance(ev, ResponseReceived) and not got.done():
+                got.set_result(ev)
+
+        server = SipStack(lambda ev: None, FAST)
+
+        def server_events(ev: Event) -> None:
+            if isinstance(ev, RequestReceived) and ev.key is not None:
+                server.send_response(make_response(ev.request, 200))
+
+        server.handler = server_events
+        client = SipStack(client_events, FAST)
+        try:
+            there = await server.listen("udp", "127.0.0.1", 0)
+            here = await client.listen("udp", "127.0.0.1", 0)
+            client.send_request(options(here, there, "uvloop-1@127.0.0.1"), there)
+            ev = await asyncio.wait_for(got, 5)
+            return ev.response.status, type(loop).__module__
+        finally:
+            await client.close()
+            await server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, loop_module = runner.run(exchange())
+    assert status == 200
+    assert loop_module.startswith("uvloop")
