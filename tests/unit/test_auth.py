@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +24,9 @@ from telephony.sip.auth import (
     parse_credentials,
 )
 from telephony.sip.errors import ParseError, SipError
+from tests.vectors import load_vector
 
-VECTORS = Path(__file__).parent.parent / "vectors" / "auth" / "digest.json"
-CASES: list[dict[str, Any]] = json.loads(VECTORS.read_text(encoding="utf-8"))["cases"]
+CASES: list[dict[str, Any]] = json.loads(load_vector("auth/digest.json"))["cases"]
 
 REALM = "psap.example.net"
 SECRET = b"0123456789abcdef0123456789abcdef"

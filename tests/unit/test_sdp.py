@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -31,14 +30,14 @@ from telephony.sip.sdp import (
     set_direction,
     set_media_port,
 )
+from tests.vectors import load_vector, vector_names
 
-VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "sdp"
-VECTOR_NAMES = sorted(p.name for p in VECTORS.glob("*.sdp"))
+VECTOR_NAMES = [n.removeprefix("sdp/") for n in vector_names("sdp", "*.sdp")]
 
 
 def vector(name: str) -> bytes:
     """Raw bytes of a test vector under tests/vectors/sdp/ (CRLF kept)."""
-    return (VECTORS / name).read_bytes()
+    return load_vector(f"sdp/{name}")
 
 
 def parsed(name: str) -> SessionDescription:
