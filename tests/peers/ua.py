@@ -103,9 +103,7 @@ class MiniUas:
             self.dialogs.add(dialog)
             self.stack.send_response(ok)
             loop = asyncio.get_running_loop()
-            r = Uas2xxRetransmitter(
-                dialog.key, ok.to_bytes(), loop.time(), reliable=ev.source.reliable
-            )
+            r = Uas2xxRetransmitter(dialog.key, ok.to_bytes(), loop.time())
             self.pending_2xx[dialog.key] = r
             self._retransmit(r, response_destination(req.top_via, ev.source))
         elif req.method == "ACK":
