@@ -1,0 +1,165 @@
+"""RTP/RTCP port pairs from a configured range, and the media layer's typed error.
+
+A pair is an even RTP port and RTCP on the next (odd) port (RFC 3550 §11). The allocator binds
+both sockets itself: binding *is* the availability check, so a port some other process holds is
+skipped instead of being handed out and failing later.
+
+Reuse order is FIFO: a released pair goes to the back of the free queue, so the port a call just
+gave up is the last one handed out again. Stray packets still in flight to a finished call (a
+peer that has not processed our BYE yet) therefore do not land in the next call, and latching
+(see :mod:`telephony.media.relay`) is not captured by them.
+
+Errors carry the SIP status the call layer should answer with (house rule 5): an exhausted range
+is :class:`PortsExhaustedError` with status 503, which the call layer turns into ``503 Service
+Unavailable`` on the INVITE that needed media.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+Side = Literal["peer", "local"]
+
+#: bind() failures that mean "this port is not available", so the allocator tries the next one.
+#: Anything else (EMFILE, ENOBUFS, EADDRNOTAVAIL for the host ...) is not about the port.
+_PORT_UNAVAILABLE = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+
+class MediaError(Exception):
+    """Base of every error the media layer raises.
+
+    ``status`` is the SIP status to answer the request that needed media with, ``reason`` a
+    short phrase safe for a reason-phrase or Warning header (no caller data), ``side`` says who
+    broke the rules: ``"peer"`` for unusable remote SDP, ``"local"`` for our own resources or
+    misuse of the API.
+    """
+
+    status: int
+    reason: str
+    side: Side
+
+    def __init__(self, reason: str, status: int = 500, side: Side = "local") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.side = side
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason!r}, status={self.status}, side={self.side!r})"
+
+
+class PortsExhaustedError(MediaError):
+    """No RTP/RTCP pair could be bound (range in use, or out of file descriptors): answer 503."""
+
+    def __init__(self, reason: str = "no media ports available") -> None:
+        super().__init__(reason, status=503, side="local")
+
+
+@dataclass(slots=True)
+class PortPair:
+    """Two bound, non-blocking UDP sockets: ``rtp_port`` (even) and ``rtcp_port`` = RTP + 1.
+
+    Ownership of the sockets passes to whoever wraps them in transports (the relay); the pair
+    must be given back with :meth:`PortAllocator.release` once both sockets are closed.
+    """
+
+    host: str
+    rtp_port: int
+    rtcp_port: int
+    rtp_sock: socket.socket
+    rtcp_sock: socket.socket
+
+    def close(self) -> None:
+        """Close both sockets (for callers that never handed them to a transport)."""
+        self.rtp_sock.close()
+        self.rtcp_sock.close()
+
+
+class PortAllocator:
+    """Even/odd port pairs over the inclusive range ``first``..``last`` on one local address.
+
+    ``first`` must be even; ``last`` may be odd or even (a trailing even port without its RTCP
+    partner is not used). ``host`` is the address the sockets bind to and the one the call layer
+    writes into our SDP (``c=``); IPv4 or IPv6 literal.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", first: int = 20000, last: int = 29999) -> None:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"media host must be an IP address literal, not {host!r}") from None
+        if first % 2:
+            raise ValueError(f"RTP port range must start on an even port, not {first}")
+        if not 1024 <= first < last <= 65535:
+            raise ValueError(f"bad RTP port range {first}-{last} (need 1024 <= first < last)")
+        self.host = str(addr)
+        self.family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        self.first = first
+        self.last = last
+        self._free: deque[int] = deque(range(first, last, 2))
+        self._in_use: set[int] = set()
+        #: bind attempts that failed because another socket holds the port (skipped)
+        self.bind_conflicts = 0
+
+    @property
+    def capacity(self) -> int:
+        """Pairs in the range (whether or not something else holds some of them)."""
+        return (self.last - self.first + 1) // 2
+
+    @property
+    def in_use(self) -> int:
+        """Pairs handed out and not yet released."""
+        return len(self._in_use)
+
+    def allocate(self) -> PortPair:
+        """Bind the next free pair, skipping ports that fail to bind.
+
+        Raises :class:`PortsExhaustedError` when every free pair was tried once, or when the process
+        is out of file descriptors / socket buffers.
+        """
+        for _ in range(len(self._free)):
+            port = self._free.popleft()
+            try:
+                rtp = self._bind(port)
+            except OSError as err:
+                self._free.append(port)
+                self._check_port_error(err)
+                continue
+            try:
+                rtcp = self._bind(port + 1)
+            except OSError as err:
+                rtp.close()
+                self._free.append(port)
+                self._check_port_error(err)
+                continue
+            self._in_use.add(port)
+            return PortPair(self.host, port, port + 1, rtp, rtcp)
+        raise PortsExhaustedError(f"media port range {self.first}-{self.last} exhausted")
+
+    def release(self, rtp_port: int) -> None:
+        """Give a pair back (its sockets already closed). Releasing twice is a no-op."""
+        if rtp_port in self._in_use:
+            self._in_use.remove(rtp_port)
+            self._free.append(rtp_port)
+
+    def _check_port_error(self, err: OSError) -> None:
+        if err.errno in _PORT_UNAVAILABLE:
+            self.bind_conflicts += 1
+            return
+        raise PortsExhaustedError(f"cannot open media sockets: {err.strerror or err}") from err
+
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            # no SO_REUSEADDR: on UDP it would let two sockets share a port and split a stream
+            sock.setblocking(False)
+            sock.bind((self.host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
