@@ -21,36 +21,19 @@ import ipaddress
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
 
-Side = Literal["peer", "local"]
+from telephony.sip.errors import SipError
 
 #: bind() failures that mean "this port is not available", so the allocator tries the next one.
 #: Anything else (EMFILE, ENOBUFS, EADDRNOTAVAIL for the host ...) is not about the port.
 _PORT_UNAVAILABLE = frozenset({errno.EADDRINUSE, errno.EACCES})
 
 
-class MediaError(Exception):
-    """Base of every error the media layer raises.
-
-    ``status`` is the SIP status to answer the request that needed media with, ``reason`` a
-    short phrase safe for a reason-phrase or Warning header (no caller data), ``side`` says who
-    broke the rules: ``"peer"`` for unusable remote SDP, ``"local"`` for our own resources or
-    misuse of the API.
-    """
-
-    status: int
-    reason: str
-    side: Side
-
-    def __init__(self, reason: str, status: int = 500, side: Side = "local") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.side = side
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.reason!r}, status={self.status}, side={self.side!r})"
+class MediaError(SipError):
+    """Base of every error the media layer raises; like every :class:`SipError` it carries the
+    SIP ``status`` to answer the request that needed media with, a ``reason`` safe for a
+    reason-phrase (no caller data) and the ``side`` that broke the rules (``"peer"`` for unusable
+    remote SDP, ``"local"`` for our own resources or misuse of the API)."""
 
 
 class PortsExhaustedError(MediaError):
