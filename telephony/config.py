@@ -1,0 +1,875 @@
+"""The daemon's configuration: ``config/handoffd.yaml`` to an immutable :class:`Config`.
+
+:func:`load_config` reads the YAML as marked nodes (never as PyYAML objects), so every problem
+names ``file:line`` and YAML 1.1 never turns a number such as ``988`` or ``0988`` into an int:
+scalars are read from their source text. Every problem of the file is collected and raised at
+once as a :class:`ConfigError`. :func:`with_overrides` applies the ``handoffd`` command-line
+flags; :func:`check_config` and :func:`main_check_config` (``handoffctl check-config FILE``)
+validate a config together with the routing rules it names. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TextIO, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from telephony import __version__
+from telephony.routing.yamlnodes import FileProblems, kind, line_of
+from telephony.sip.errors import ParseError
+from telephony.sip.uri import URI, parse_uri
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Latch = Literal["any", "sdp-host", "off"]
+SipTransport = Literal["udp", "tcp"]
+
+TRANSPORTS: tuple[SipTransport, ...] = ("udp", "tcp")
+LATCHES: tuple[Latch, ...] = ("any", "sdp-host", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+_SECTIONS = "sip http media trunks positions rules probe drain redis logging"
+TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
+SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
+HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
+MEDIA_KEYS = ("host", "port_min", "port_max", "latch")
+TRUNK_KEYS = ("allow", "psap_id", "transfer_numbers", "triage_header")
+POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location")
+PROBE_KEYS = ("interval", "timeout", "down_after", "up_after")
+
+#: trunk, position and PSAP names: they end up as the user part of SIP URIs
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+NAME_HINT = "use letters, digits, '-', '_', '.' (starting with a letter or digit)"
+#: a dialled number: digits, optionally a leading '+', and '*' / '#' (quote those in YAML)
+NUMBER = re.compile(r"\+?[0-9*#]+\Z")
+_TOKEN_CHARS = re.compile(r"[!-~]+\Z")  # visible ASCII, no spaces
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~\-]+\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\Z")
+_HOSTPORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)\Z")
+_MEDIA_PAIRS_MIN = 3  # caller, dispatcher and 988 legs of one call with a transfer
+_NULL = "tag:yaml.org,2002:null"
+DEFAULT_TRANSFER_NUMBERS = ("988",)
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ConfigError(Exception):
+    """The configuration is not valid; ``problems`` lists every ``file:line: message`` found."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One SIP socket: ``transport`` on ``host`` (an IP literal, IPv6 without brackets):``port``."""
+
+    transport: SipTransport
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{_join_hostport(self.host, self.port)}"
+
+
+_DEFAULT_LISTEN = (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    listen: tuple[Listen, ...] = _DEFAULT_LISTEN
+    #: host written in Via / Contact / SDP o= and c= (None: the listen socket's own host)
+    advertise: str | None = None
+    user_agent: str = f"handoffd/{__version__}"
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    max_forwards: int = 70
+    #: how long a dispatcher position may ring before the caller gets 480
+    ring_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: the union of the file's ``tokens`` and the tokens in the ``tokens_env`` variable
+    tokens: frozenset[str] = frozenset()
+    tokens_env: str = "HANDOFF_API_TOKENS"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    host: str = "127.0.0.1"
+    port_min: int = 20000  # even
+    port_max: int = 29999  # inclusive
+    latch: Latch = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """A PSAP-side trunk: calls are accepted from the source addresses in ``allow``."""
+
+    name: str
+    allow: tuple[Network, ...]
+    psap_id: str
+    transfer_numbers: tuple[str, ...] = DEFAULT_TRANSFER_NUMBERS
+    triage_header: str = "X-Triage-Level"
+
+    def allows(self, host: str) -> bool:
+        """Whether the source address ``host`` (an IP literal; ``[v6]`` and IPv4-mapped IPv6
+        accepted) is in the allow list. Anything that is not an IP address is not allowed."""
+        addr = _ip(host)
+        return addr is not None and any(addr in net for net in self.allow)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A dispatcher position, selected by a Request-URI user equal to its name or a number."""
+
+    name: str
+    uri: URI
+    numbers: tuple[str, ...] = ()
+    transport: SipTransport = "udp"
+    accept_multipart: bool = False
+    share_location: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """OPTIONS probing of the 988 destinations; ``interval`` 0 turns probing off."""
+
+    interval: float = 10.0
+    timeout: float = 2.0
+    down_after: int = 2
+    up_after: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    trunks: Mapping[str, Trunk] = field(default_factory=lambda: MappingProxyType({}))
+    positions: Mapping[str, Position] = field(default_factory=lambda: MappingProxyType({}))
+    rules: Path = Path("routing_rules")
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    drain_timeout: float = 30.0
+    retry_after: int = 30
+    redis_url: str = DEFAULT_REDIS_URL
+    log_level: str = "info"
+    log_phi: bool = False
+
+    def trunk_for(self, host: str) -> Trunk | None:
+        """The first trunk (in file order) whose allow list holds the source address ``host``."""
+        for trunk in self.trunks.values():
+            if trunk.allows(host):
+                return trunk
+        return None
+
+    def position_for(self, user: str) -> Position | None:
+        """The position a Request-URI user selects: its name or one of its numbers."""
+        found = self.positions.get(user)
+        if found is not None:
+            return found
+        for position in self.positions.values():
+            if user in position.numbers:
+                return position
+        return None
+
+
+# ------------------------------------------------------------------------------------- addresses
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP literal (``[v6]`` accepted, IPv4-mapped IPv6 unmapped), or None."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _join_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def _overlap(a: str, b: str) -> bool:
+    return a == b or _wildcard(a) or _wildcard(b)
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` or ``"[V6]:PORT"`` to ``(host, port)``: the host an IP literal (IPv6 given
+    back without brackets), the port 0..65535. :class:`ValueError` says what is wrong (without
+    repeating ``text``)."""
+    m = _HOSTPORT.match(text.strip())
+    if m is None:
+        raise ValueError("not HOST:PORT (e.g. 127.0.0.1:5060 or [::1]:5060)")
+    v6, host = m.group("v6"), m.group("host")
+    try:
+        addr = ipaddress.IPv6Address(v6) if v6 is not None else ipaddress.IPv4Address(host)
+    except ValueError:
+        shown = f"[{v6}]" if v6 is not None else host
+        raise ValueError(f"{shown!r} is not an IP address") from None
+    port = int(m.group("port"))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0 to 65535)")
+    return str(addr), port
+
+
+def check_redis_url(text: str) -> str:
+    """``text`` (stripped) when it is a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{text!r} names no host (e.g. redis://127.0.0.1:6379/0)")
+    try:
+        _ = parts.port  # ValueError when the port is not a number or out of range
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port") from None
+    return text.strip()
+
+
+# ------------------------------------------------------------------------------------- reader
+
+Node = yaml.Node
+Entries = dict[str, Node]
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+
+class _Reader:
+    """Reads one config file's node tree into a Config, reporting every problem as it goes.
+
+    Helpers take ``what``, the dotted path of the value (``sip.t1``, ``trunks.psap-a.allow``);
+    its last part is the key looked up in the section's entries.
+    """
+
+    def __init__(self, name: str, base: Path, env: Mapping[str, str]) -> None:
+        self.sink: list[Any] = []  # RuleProblem-s: str() is "file:line: message"
+        self.p = FileProblems(name, self.sink)
+        self.base = base  # relative paths (rules) are resolved against the file's directory
+        self.env = env
+        self.trunk_names: list[str] = []
+        self.rules: Path | None = None
+        self.transfer_numbers: dict[str, tuple[str, int]] = {}  # number -> (trunk, line)
+
+    def problems(self) -> list[str]:
+        """Every problem, in line order (file-wide ones first)."""
+        return [str(p) for p in sorted(self.sink, key=lambda p: p.line or 0)]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _map(
+        self, node: Node | None, what: str, keys: Sequence[str], required: Sequence[str] = ()
+    ) -> Entries:
+        """The value nodes of a mapping; an absent or empty optional section has none."""
+        if node is None or (_is_null(node) and not required):
+            return {}
+        found = self.p.mapping(node, what, keys, required)
+        return {} if found is None else {k: v for k, (_, v) in found.items()}
+
+    def _num(self, m: Entries, what: str, default: float, low: float, high: float) -> float | None:
+        """A number in ``low..high``; a whole number when ``default`` is an int."""
+        key = what.rsplit(".", 1)[-1]
+        if key not in m:
+            return default
+        read = self.p.integer if isinstance(default, int) else self.p.number
+        value = read(m[key], what)
+        if value is not None and not low <= value <= high:
+            self.p.add(m[key], f"{what}: {value:g} is out of range ({low:g} to {high:g})")
+            return None
+        return value
+
+    def _int(self, m: Entries, what: str, default: int, low: int, high: int) -> int | None:
+        value = self._num(m, what, default, low, high)
+        return None if value is None else int(value)
+
+    def _text(
+        self,
+        m: Entries,
+        what: str,
+        default: str,
+        pattern: re.Pattern[str] | None = None,
+        hint: str = "",
+    ) -> str | None:
+        key = what.rsplit(".", 1)[-1]
+        if key not in m:
+            return default
+        value = self.p.text(m[key], what)
+        if value is not None and pattern is not None and not pattern.match(value):
+            self.p.add(m[key], f"{what}: {value!r}: {hint}")
+            return None
+        return value
+
+    def _choice(self, m: Entries, what: str, default: str, choices: Sequence[str]) -> str | None:
+        key = what.rsplit(".", 1)[-1]
+        value = self.p.text(m[key], what) if key in m else default
+        if value is not None and value not in choices:
+            self.p.add(m[key], f"{what}: {value!r} is not one of {', '.join(choices)}")
+            return None
+        return value
+
+    def _bool(self, m: Entries, what: str, default: bool) -> bool:
+        key = what.rsplit(".", 1)[-1]
+        value = self.p.boolean(m[key], what) if key in m else None
+        return default if value is None else value
+
+    def _bind_host(self, m: Entries, what: str, default: str) -> str | None:
+        text = self._text(m, what, default)
+        addr = None if text is None else _ip(text)
+        if text is not None and addr is None:
+            self.p.add(m["host"], f"{what}: {text!r} is not an IP address (the address to bind)")
+        return None if addr is None else str(addr)
+
+    def _list(self, node: Node, what: str, empty: str | None = None) -> list[Node]:
+        """The items of a list (one value counts as a one-item list); ``empty`` is the complaint
+        about an empty list (None: an empty list is fine)."""
+        if isinstance(node, yaml.SequenceNode):
+            if not node.value and empty is not None:
+                self.p.add(node, f"{what}: {empty}")
+            return list(node.value)
+        if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+            return [node]
+        self.p.add(node, f"{what} must be a list, not {kind(node)}")
+        return []
+
+    def _numbers(self, m: Entries, what: str) -> list[tuple[str, Node]] | None:
+        """Dialled numbers, read from the source text (``988`` and ``"988"`` are the same);
+        None when the key is absent."""
+        key = what.rsplit(".", 1)[-1]
+        if key not in m:
+            return None
+        out: list[tuple[str, Node]] = []
+        for i, item in enumerate(self._list(m[key], what)):
+            text = self.p.text(item, f"{what}[{i}]")
+            if text is not None and not NUMBER.match(text):
+                self.p.add(item, f"{what}[{i}]: {text!r} is not a number (digits, '+', '*', '#')")
+            elif text is not None:
+                out.append((text, item))
+        return out
+
+    def _named(self, node: Node, what: str) -> Iterable[tuple[str, Node, Node]]:
+        """The ``name: settings`` entries of the trunks / positions mapping, names checked."""
+        if _is_null(node):
+            return
+        if not isinstance(node, yaml.MappingNode):
+            self.p.add(node, f"{what} must be a mapping of name: settings, not {kind(node)}")
+            return
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = self.p.text(key_node, f"{what}: a name")
+            if name is not None and not NAME.match(name):
+                self.p.add(key_node, f"{what}: name {name!r}: {NAME_HINT}")
+            elif name is not None and name in seen:
+                self.p.add(
+                    key_node, f"{what}: duplicate name {name!r} (first on line {seen[name]})"
+                )
+            elif name is not None:
+                seen[name] = line_of(key_node)
+                yield name, key_node, value_node
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def read(self, text: str, source: Path) -> Config | None:
+        root = self.p.compose(text)
+        if root is None:
+            if not self.sink:
+                self.p.at_line(None, "empty file: 'trunks' and 'rules' are required")
+            return None
+        top = self._map(root, "config", TOP_KEYS, required=("trunks", "rules"))
+        sip = self._sip(top.get("sip"))
+        http = self._http(top.get("http"), root)
+        media = self._media(top.get("media"))
+        trunks = self._trunks(top["trunks"]) if "trunks" in top else {}
+        positions = self._positions(top["positions"]) if "positions" in top else {}
+        rules = self._rules(top["rules"]) if "rules" in top else None
+        probe = self._probe(top.get("probe"))
+        drain = self._map(top.get("drain"), "drain", ("timeout", "retry_after"))
+        drain_timeout = self._num(drain, "drain.timeout", 30.0, 0.0, 3600.0)
+        retry_after = self._int(drain, "drain.retry_after", 30, 0, 86400)
+        redis = self._redis(top.get("redis"))
+        log = self._map(top.get("logging"), "logging", ("level", "phi"))
+        level = self._choice(log, "logging.level", "info", LOG_LEVELS)
+        phi = self._bool(log, "logging.phi", False)
+        if sip is not None and http is not None:
+            self._clash(sip, http, top)
+        if self.sink:
+            return None
+        assert sip and http and media and rules and probe and redis and level
+        assert drain_timeout is not None and retry_after is not None
+        return Config(
+            source=source,
+            sip=sip,
+            http=http,
+            media=media,
+            trunks=MappingProxyType(trunks),
+            positions=MappingProxyType(positions),
+            rules=rules,
+            probe=probe,
+            drain_timeout=drain_timeout,
+            retry_after=retry_after,
+            redis_url=redis,
+            log_level=level,
+            log_phi=phi,
+        )
+
+    def _sip(self, node: Node | None) -> SipConfig | None:
+        m = self._map(node, "sip", SIP_KEYS)
+        before = len(self.sink)
+        d = SipConfig()
+        lines = self._listen(m["listen"]) if "listen" in m else dict.fromkeys(d.listen, 0)
+        advertise = None
+        if "advertise" in m and not _is_null(m["advertise"]):
+            advertise = self._advertise(m["advertise"])
+        else:
+            for ls in (ls for ls, line in lines.items() if _wildcard(ls.host)):
+                why = "set sip.advertise to the address peers should use"
+                self.p.at_line(lines[ls], f"sip.listen: {ls} is a wildcard address: {why}")
+                break
+        user_agent = self._text(m, "sip.user_agent", d.user_agent)
+        if user_agent is not None and not user_agent.isprintable():
+            self.p.add(m["user_agent"], "sip.user_agent must be one line of printable text")
+        t1 = self._num(m, "sip.t1", d.t1, 0.01, 60.0)
+        t2 = self._num(m, "sip.t2", d.t2, 0.01, 600.0)
+        t4 = self._num(m, "sip.t4", d.t4, 0.01, 600.0)
+        if t1 is not None and t2 is not None and t2 < t1:
+            where = m.get("t2", m.get("t1"))
+            self.p.add(where, f"sip.t2 ({t2:g}) must not be shorter than sip.t1 ({t1:g})")
+        max_forwards = self._int(m, "sip.max_forwards", d.max_forwards, 1, 255)
+        ring = self._num(m, "sip.ring_timeout", d.ring_timeout, 1.0, 600.0)
+        if len(self.sink) > before:
+            return None
+        assert user_agent and t1 and t2 and t4 and max_forwards and ring
+        return SipConfig(tuple(lines), advertise, user_agent, t1, t2, t4, max_forwards, ring)
+
+    def _listen(self, node: Node) -> dict[Listen, int]:
+        """The listen sockets, each with its line."""
+        out: dict[Listen, int] = {}
+        for i, item in enumerate(self._list(node, "sip.listen", "list at least one socket")):
+            what = f"sip.listen[{i}]"
+            text = self.p.text(item, what)
+            if text is None:
+                continue
+            transport, colon, rest = text.partition(":")
+            if not colon or transport.lower() not in TRANSPORTS:
+                self.p.add(item, f"{what}: {text!r} is not TRANSPORT:HOST:PORT (udp or tcp)")
+                continue
+            try:
+                host, port = split_hostport(rest)
+            except ValueError as exc:
+                self.p.add(item, f"{what}: {text!r}: {exc}")
+                continue
+            ls = Listen(cast(SipTransport, transport.lower()), host, port)
+            if ls in out:
+                self.p.add(item, f"{what}: {text!r} is listed twice (first on line {out[ls]})")
+            out.setdefault(ls, line_of(item))
+        return out
+
+    def _advertise(self, node: Node) -> str | None:
+        text = self.p.text(node, "sip.advertise")
+        addr = None if text is None else _ip(text)
+        if text is None:
+            return None
+        if addr is not None and addr.is_unspecified:
+            self.p.add(node, f"sip.advertise: {text!r} is not an address peers can reach")
+        elif addr is None and not _HOSTNAME.match(text):
+            self.p.add(node, f"sip.advertise: {text!r} is not a host name or IP address")
+        else:
+            return text if addr is None else str(addr)
+        return None
+
+    def _http(self, node: Node | None, root: Node) -> HttpConfig | None:
+        m = self._map(node, "http", HTTP_KEYS)
+        before = len(self.sink)
+        d = HttpConfig()
+        host = self._bind_host(m, "http.host", d.host)
+        port = self._int(m, "http.port", d.port, 0, 65535)
+        tokens: set[str] = set()
+        for i, item in enumerate(self._list(m["tokens"], "http.tokens") if "tokens" in m else ()):
+            token = self.p.text(item, f"http.tokens[{i}]")
+            if token is not None and not _TOKEN_CHARS.match(token):
+                self.p.add(item, f"http.tokens[{i}]: a token is visible ASCII without spaces")
+            elif token is not None:
+                tokens.add(token)
+        env_name = self._text(m, "http.tokens_env", d.tokens_env)
+        for token in (t.strip() for t in self.env.get(env_name or "", "").split(",")):
+            if token and not _TOKEN_CHARS.match(token):
+                where = m.get("tokens_env", node if node is not None else root)
+                message = "tokens are comma-separated visible ASCII without spaces"
+                self.p.add(where, f"environment variable {env_name}: {message}")
+            elif token:
+                tokens.add(token)
+        if len(self.sink) > before or host is None or port is None or env_name is None:
+            return None
+        return HttpConfig(host, port, frozenset(tokens), env_name)
+
+    def _media(self, node: Node | None) -> MediaConfig | None:
+        m = self._map(node, "media", MEDIA_KEYS)
+        before = len(self.sink)
+        d = MediaConfig()
+        host = self._bind_host(m, "media.host", d.host)
+        if host is not None and _wildcard(host):
+            why = "it is written into SDP c= lines: give an address peers can reach"
+            self.p.add(m["host"], f"media.host: {host!r}: {why}")
+        low = self._int(m, "media.port_min", d.port_min, 1024, 65535)
+        high = self._int(m, "media.port_max", d.port_max, 1024, 65535)
+        where = m.get("port_max", m.get("port_min"))
+        if low is not None and low % 2:
+            self.p.add(m["port_min"], f"media.port_min: {low} is odd (RTP takes the even port)")
+        elif low is not None and high is not None and high <= low:
+            self.p.add(where, f"media.port_max ({high}) must be above media.port_min ({low})")
+        elif low is not None and high is not None and (high - low + 1) // 2 < _MEDIA_PAIRS_MIN:
+            pairs = (high - low + 1) // 2
+            self.p.add(
+                where,
+                f"media: the port range {low}-{high} holds {pairs} RTP/RTCP pair(s); one call "
+                f"with a transfer needs {_MEDIA_PAIRS_MIN}",
+            )
+        latch = self._choice(m, "media.latch", d.latch, LATCHES)
+        if len(self.sink) > before or host is None or low is None or high is None:
+            return None
+        return MediaConfig(host, low, high, cast(Latch, latch))
+
+    def _clash(self, sip: SipConfig, http: HttpConfig, top: Entries) -> None:
+        """The HTTP API and a SIP TCP socket on one address would fail to bind. (A SIP UDP port
+        inside the RTP range is harmless: the relay skips ports it cannot bind.)"""
+        for ls in sip.listen:
+            same = ls.port == http.port and _overlap(ls.host, http.host)
+            if ls.transport == "tcp" and ls.port and same:
+                where = top.get("http", top.get("sip"))
+                self.p.add(where, f"http: port {http.port} is also the SIP listen socket {ls}")
+
+    # -- trunks and positions ------------------------------------------------------------------
+
+    def _trunks(self, node: Node) -> dict[str, Trunk]:
+        out: dict[str, Trunk] = {}
+        for name, key_node, value in self._named(node, "trunks"):
+            self.trunk_names.append(name)
+            trunk = self._trunk(name, key_node, value)
+            if trunk is not None:
+                out[name] = trunk
+        if _is_null(node) or (isinstance(node, yaml.MappingNode) and not node.value):
+            self.p.add(node, "trunks: none defined, so no call would ever be accepted")
+        return out
+
+    def _trunk(self, name: str, key_node: Node, node: Node) -> Trunk | None:
+        what = f"trunks.{name}"
+        m = self._map(node, what, TRUNK_KEYS, required=("allow", "psap_id"))
+        if not m:
+            return None
+        before = len(self.sink)
+        allow: list[Network] = []
+        empty = "list at least one source network (e.g. 10.1.2.0/24)"
+        for i, item in enumerate(
+            self._list(m["allow"], f"{what}.allow", empty) if "allow" in m else ()
+        ):
+            net = self._network(item, f"{what}.allow[{i}]")
+            if net is not None:
+                allow.append(net)
+        psap_id = self._text(m, f"{what}.psap_id", "", NAME, NAME_HINT)
+        numbers = self._numbers(m, f"{what}.transfer_numbers")
+        if numbers is None:
+            numbers = [(n, key_node) for n in DEFAULT_TRANSFER_NUMBERS]
+        for number, where in numbers:
+            self.transfer_numbers.setdefault(number, (name, line_of(where)))
+        header = self._text(
+            m, f"{what}.triage_header", "X-Triage-Level", _HEADER_NAME, "not a header name"
+        )
+        if len(self.sink) > before or not psap_id or not allow or header is None:
+            return None
+        unique = tuple(dict.fromkeys(n for n, _ in numbers))
+        return Trunk(name, tuple(allow), psap_id, unique, header)
+
+    def _network(self, node: Node, what: str) -> Network | None:
+        text = self.p.text(node, what)
+        if text is None:
+            return None
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            pass
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            example = "e.g. 10.1.2.0/24 or 10.1.2.3"
+            self.p.add(node, f"{what}: {text!r} is not an IP network ({example})")
+        else:
+            self.p.add(node, f"{what}: {text!r} has host bits set (did you mean {str(loose)!r}?)")
+        return None
+
+    def _positions(self, node: Node) -> dict[str, Position]:
+        out: dict[str, Position] = {}
+        selects: dict[str, tuple[str, int]] = {}  # name or number -> (position, line)
+        for name, key_node, value in self._named(node, "positions"):
+            self._select(name, key_node, f"positions.{name}", name, selects)
+            position = self._position(name, value, selects)
+            if position is not None:
+                out[name] = position
+        return out
+
+    def _select(
+        self, user: str, node: Node, what: str, owner: str, selects: dict[str, tuple[str, int]]
+    ) -> bool:
+        """Claim the Request-URI user ``user`` for position ``owner``; False on a collision."""
+        if user in selects:
+            other, line = selects[user]
+            self.p.add(node, f"{what}: {user!r} already selects position {other!r} (line {line})")
+            return False
+        if user in self.transfer_numbers:
+            trunk, line = self.transfer_numbers[user]
+            self.p.add(
+                node,
+                f"{what}: {user!r} is a transfer number of trunk {trunk!r} (line {line}): calls "
+                "to it go to 988, never to this position",
+            )
+            return False
+        selects[user] = (owner, line_of(node))
+        return True
+
+    def _position(
+        self, name: str, node: Node, selects: dict[str, tuple[str, int]]
+    ) -> Position | None:
+        what = f"positions.{name}"
+        m = self._map(node, what, POSITION_KEYS, required=("uri",))
+        if not m:
+            return None
+        before = len(self.sink)
+        uri = self._uri(m["uri"], f"{what}.uri") if "uri" in m else None
+        numbers = [
+            number
+            for number, item in self._numbers(m, f"{what}.numbers") or ()
+            if self._select(number, item, f"{what}.numbers", name, selects)
+        ]
+        transport = uri.transport if uri is not None else "udp"
+        if "transport" in m:
+            chosen = self._choice(m, f"{what}.transport", transport, TRANSPORTS)
+            if (
+                chosen is not None
+                and uri is not None
+                and uri.has_param("transport")
+                and chosen != transport
+            ):
+                said = f"the URI says ;transport={transport}"
+                self.p.add(m["transport"], f"{what}.transport: {chosen!r}, but {said}")
+            transport = chosen or transport
+        elif transport not in TRANSPORTS:
+            self.p.add(m["uri"], f"{what}.uri: transport {transport!r} is not supported (udp, tcp)")
+        multipart = self._bool(m, f"{what}.accept_multipart", False)
+        location = self._bool(m, f"{what}.share_location", True)
+        if len(self.sink) > before or uri is None:
+            return None
+        return Position(
+            name, uri, tuple(numbers), cast(SipTransport, transport), multipart, location
+        )
+
+    def _uri(self, node: Node, what: str) -> URI | None:
+        text = self.p.text(node, what)
+        if text is None:
+            return None
+        try:
+            uri = parse_uri(text.strip())
+        except ParseError as exc:
+            self.p.add(node, f"{what}: {text!r} is not a valid URI ({exc.reason})")
+            return None
+        if uri.scheme == "sips":
+            self.p.add(
+                node, f"{what}: {text!r}: sips: needs TLS, which handoffd does not speak yet"
+            )
+        elif uri.scheme != "sip":
+            self.p.add(node, f"{what}: {text!r} is not a sip: URI")
+        elif uri.password is not None or uri.headers:
+            self.p.add(node, f"{what}: {text!r}: no password or '?' headers in a position URI")
+        else:
+            return uri
+        return None
+
+    # -- the rest ------------------------------------------------------------------------------
+
+    def _rules(self, node: Node) -> Path | None:
+        text = self.p.text(node, "rules")
+        if text is None:
+            return None
+        path = (self.base / Path(text).expanduser()).resolve()
+        if not path.is_dir():
+            state = "is not a directory" if path.exists() else "does not exist"
+            self.p.add(node, f"rules: the rule directory {text!r} {state} ({path})")
+            return None
+        self.rules = path
+        return path
+
+    def _probe(self, node: Node | None) -> ProbeConfig | None:
+        m = self._map(node, "probe", PROBE_KEYS)
+        d = ProbeConfig()
+        interval = self._num(m, "probe.interval", d.interval, 0.0, 3600.0)
+        timeout = self._num(m, "probe.timeout", d.timeout, 0.05, 60.0)
+        down = self._int(m, "probe.down_after", d.down_after, 1, 100)
+        up = self._int(m, "probe.up_after", d.up_after, 1, 100)
+        if interval is None or timeout is None or down is None or up is None:
+            return None
+        if interval and timeout >= interval:
+            self.p.add(
+                m.get("timeout", m.get("interval")),
+                f"probe.timeout ({timeout:g}) must be shorter than probe.interval ({interval:g}); "
+                "an interval of 0 turns probing off",
+            )
+            return None
+        return ProbeConfig(interval, timeout, down, up)
+
+    def _redis(self, node: Node | None) -> str | None:
+        m = self._map(node, "redis", ("url",))
+        text = self._text(m, "redis.url", DEFAULT_REDIS_URL)
+        try:
+            return None if text is None else check_redis_url(text)
+        except ValueError as exc:
+            self.p.add(m["url"], f"redis.url: {exc}")
+            return None
+
+
+# ------------------------------------------------------------------------------------- API
+
+
+@dataclass
+class _Checked:
+    """One reading of a config file, problems included (and its rules' when asked for)."""
+
+    problems: list[str]
+    config: Config | None = None
+    rule_count: int = 0
+
+
+def _load(path: str | Path, env: Mapping[str, str] | None, *, rules: bool) -> _Checked:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return _Checked([f"{path}: cannot read: {reason}"])
+    reader = _Reader(str(path), file.resolve().parent, os.environ if env is None else env)
+    out = _Checked([], reader.read(text, file.resolve()))
+    out.problems = reader.problems()
+    if rules and reader.rules is not None:
+        from telephony.routing import RulesError, load_rules  # noqa: PLC0415
+
+        try:
+            out.rule_count = len(load_rules(reader.rules, trunks=reader.trunk_names).rules)
+        except RulesError as exc:
+            out.problems.extend(str(p) for p in exc.problems)
+    return out
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and check the config file at ``path``; ``env`` is where ``http.tokens_env`` is looked
+    up (default ``os.environ``). Raises :class:`ConfigError` listing every ``file:line: problem``.
+    The rules are not loaded here, only their directory checked: see :func:`check_config`."""
+    checked = _load(path, env, rules=False)
+    if checked.problems or checked.config is None:
+        raise ConfigError(checked.problems)
+    return checked.config
+
+
+def with_overrides(
+    cfg: Config,
+    *,
+    sip_listen: str | None = None,
+    http_listen: str | None = None,
+    redis_url: str | None = None,
+) -> Config:
+    """``cfg`` with the ``handoffd`` flags applied: ``--sip-listen HOST:PORT`` moves every SIP
+    listen socket (each keeps its transport), ``--http-listen HOST:PORT`` the HTTP API and
+    ``--redis-url URL`` the recording store. A bad value raises :class:`ConfigError` naming the
+    flag."""
+    problems: list[str] = []
+    sip, http, url = cfg.sip, cfg.http, cfg.redis_url
+    if sip_listen is not None:
+        try:
+            host, port = split_hostport(sip_listen)
+        except ValueError as exc:
+            problems.append(f"--sip-listen: {sip_listen!r}: {exc}")
+        else:
+            if _wildcard(host) and sip.advertise is None:
+                problems.append(
+                    f"--sip-listen: {sip_listen!r} is a wildcard address: set sip.advertise in "
+                    f"{cfg.source} to the address peers should use"
+                )
+            moved = dict.fromkeys(Listen(ls.transport, host, port) for ls in sip.listen)
+            sip = replace(sip, listen=tuple(moved))
+    if http_listen is not None:
+        try:
+            host, port = split_hostport(http_listen)
+        except ValueError as exc:
+            problems.append(f"--http-listen: {http_listen!r}: {exc}")
+        else:
+            http = replace(http, host=host, port=port)
+    if redis_url is not None:
+        try:
+            url = check_redis_url(redis_url)
+        except ValueError as exc:
+            problems.append(f"--redis-url: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return replace(cfg, sip=sip, http=http, redis_url=url)
+
+
+def check_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of the config at ``path`` and of the routing rules it names (checked against
+    the config's trunk names, even when the config itself has problems); empty when all is well."""
+    return _load(path, env, rules=True).problems
+
+
+def main_check_config(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """``handoffctl check-config FILE``: 0 and ``FILE: OK (...)`` on stdout when the config and its
+    rules are valid; 1 and every ``file:line: problem`` on stderr when not; 2 for a usage error."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    parser = argparse.ArgumentParser(
+        prog="handoffctl check-config",
+        description="Validate a handoffd config file and the routing rules it names.",
+    )
+    parser.add_argument("file", metavar="FILE", help="the config file, e.g. config/handoffd.yaml")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    checked = _load(args.file, None, rules=True)
+    if checked.problems or checked.config is None:
+        for problem in checked.problems:
+            print(problem, file=err)
+        return 1
+    cfg = checked.config
+    counts = [(len(cfg.trunks), "trunk"), (len(cfg.positions), "position")]
+    counts.append((checked.rule_count, "rule"))
+    said = ", ".join(f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts)
+    print(f"{args.file}: OK ({said})", file=out)
+    return 0
