@@ -414,6 +414,8 @@ class LegEndpoint:
         self._sink = self._rtcp_sink = None
         self._rtp_dst = self._rtcp_dst = None
         self._relay._endpoint_closed(self)
+        if not hasattr(self, "_rtp_transport"):  # still attaching: _attach closes them
+            return
         self._rtp_transport.close()
         self._rtcp_transport.close()
 
@@ -624,6 +626,7 @@ class Relay:
         self._endpoints: set[LegEndpoint] = set()
         self._bridges: set[Bridge] = set()
         self._retired = MediaCounters()
+        self._attaching: dict[LegEndpoint, asyncio.Task[None]] = {}
 
     @property
     def ports(self) -> PortAllocator:
@@ -657,6 +660,60 @@ class Relay:
         _small_reads(rtcp)
         self._endpoints.add(ep)
         return ep
+
+    def open_endpoint_nowait(
+        self, label: str = "", *, latch: LatchMode | None = None
+    ) -> LegEndpoint:
+        """Like :meth:`open_endpoint` but synchronous, for the call layer, which must write our
+        port into an SDP without awaiting: the ports are bound now (so ``host``/``rtp_port``
+        are final) and the transports attach on the next loop iteration. Until then the
+        endpoint sends nothing (a packet that arrives early waits in the kernel's buffer).
+        Raises :class:`~telephony.media.ports.PortsExhaustedError` (503)."""
+        loop = asyncio.get_running_loop()
+        pair = self._ports.allocate()
+        ep = LegEndpoint(self, pair, label, self.latch if latch is None else latch)
+        ep._paused_rtp = ep._paused_rtcp = True
+        ep._retarget()
+        self._endpoints.add(ep)
+        task = loop.create_task(self._attach(ep, pair))
+        self._attaching[ep] = task
+        task.add_done_callback(lambda _t: self._attaching.pop(ep, None))
+        return ep
+
+    async def _attach(self, ep: LegEndpoint, pair: PortPair) -> None:
+        loop = asyncio.get_running_loop()
+        if ep._closed:  # closed before the loop got here: nothing to attach
+            pair.close()
+            self._ports.release(pair.rtp_port)
+            ep._lost = 2
+            return
+        rtp: asyncio.DatagramTransport | None = None
+        try:
+            rtp, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(ep), sock=pair.rtp_sock
+            )
+            rtcp, _ = await loop.create_datagram_endpoint(
+                lambda: _RtcpProtocol(ep), sock=pair.rtcp_sock
+            )
+        except BaseException:
+            if rtp is not None:
+                rtp.close()
+            pair.close()
+            self._ports.release(pair.rtp_port)
+            ep._closed = True
+            ep._lost = 2
+            self._endpoint_closed(ep)
+            raise
+        ep._rtp_transport = rtp
+        ep._rtcp_transport = rtcp
+        _small_reads(rtp)
+        _small_reads(rtcp)
+        if ep.closed:  # closed while attaching
+            rtp.close()
+            rtcp.close()
+            return
+        ep._paused_rtp = ep._paused_rtcp = False
+        ep._retarget()
 
     def bridge(self, a: LegEndpoint, b: LegEndpoint, label: str = "") -> Bridge:
         """Relay between two open, unbridged endpoints."""

@@ -1,0 +1,788 @@
+"""The B2BUA controller: calls from a PSAP trunk to dispatcher positions, and cold transfers.
+
+:class:`B2bua` is the transaction user above ``telephony.sip.transaction``. Every SIP event goes
+into :meth:`B2bua.handle` with ``now``; it answers and sends through a :class:`SipPort`, opens
+and joins media through a :class:`MediaPort`, and keeps its deadlines in :class:`Timers` (the
+daemon drives ``get_timer`` / ``handle_timer``). No I/O, no clock.
+
+A call has the caller's leg (we are its UAS) and at most one dispatcher leg and one 988 leg
+(we are their UAC). Only the controller relays between legs (house rule 6). Cold transfer
+(:mod:`telephony.call.transfer`) has three triggers with one machine: an INVITE from the trunk
+to a transfer number, a REFER from the dispatcher's leg, and :meth:`B2bua.start_transfer`
+(the HTTP hook). A failed transfer returns the caller to the dispatcher -- re-bridged if the
+dispatcher is still on the line, else by calling the position again (recall) -- except for the
+INVITE trigger, where the PSAP's equipment still holds the caller and gets the final status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from telephony.call.cold import ColdTransfers, phase_of, triage_level
+from telephony.call.legs import (
+    Leg,
+    LegState,
+    Role,
+    endpoint_for,
+    map_failure,
+    reason_header,
+    sdp_of,
+)
+from telephony.call.metadata import CallMetadata, capture, outbound_body, outbound_headers
+from telephony.call.ports import MediaPort, SipPort, Timers
+from telephony.call.transfer import TInput, Transfer
+from telephony.routing.model import MetadataPolicy
+from telephony.sip.dialog import AckTimedOut, Dialog, request_key
+from telephony.sip.errors import SipError
+from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
+from telephony.sip.message import Request, Response, make_request, make_response, reason_phrase
+from telephony.sip.sdp import SessionDescription, answer_direction, direction, set_direction
+from telephony.sip.transaction import (
+    CancelReceived,
+    Endpoint,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    TimerConfig,
+    TransactionKey,
+    TransactionTimedOut,
+    TransportFailed,
+    response_destination,
+)
+from telephony.sip.uri import URI
+
+if TYPE_CHECKING:
+    from telephony.config import Config, Position, Trunk
+    from telephony.routing import RuleSet
+
+log = logging.getLogger("telephony.call")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, UPDATE, INFO"
+ACCEPT = "application/sdp, multipart/mixed, message/sipfrag"
+KEEP_ENDED = 1000  # ended calls and transfers kept for the API
+REFER_BYE_GRACE = 2.0  # after a REFER transfer, how long the dispatcher's phone has to send BYE
+OnFinal = Callable[[Response], None]
+
+
+@dataclass(slots=True)
+class Call:
+    """One 911 call through us. ``bridged`` is the pair of legs whose media is joined."""
+
+    id: str
+    caller: Leg
+    trunk: Trunk
+    meta: CallMetadata
+    offer: SessionDescription
+    created_at: float
+    position: Position | None = None
+    dispatcher: Leg | None = None
+    destination: Leg | None = None
+    transfer: Transfer | None = None
+    notify_leg: Leg | None = None
+    bridged: tuple[Leg, Leg] | None = None
+    state: str = "ringing"
+    ended_at: float | None = None
+    recall_index: int = 0
+    ringing_sent: bool = False
+    legs: list[Leg] = field(default_factory=list)
+
+    def partner(self, leg: Leg) -> Leg | None:
+        if self.bridged is None or leg not in self.bridged:
+            return None
+        a, b = self.bridged
+        return b if leg is a else a
+
+
+class B2bua:
+    """The call controller. ``wall_offset`` turns the monotonic ``now`` into Unix time for
+    timelines and time-of-day routing (``wall = now + wall_offset``)."""
+
+    def __init__(
+        self,
+        sip: SipPort,
+        media: MediaPort,
+        config: Config,
+        rules: RuleSet,
+        *,
+        local: dict[str, Endpoint],
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.sip = sip
+        self.media = media
+        self.config = config
+        self.rules = rules
+        self.local = local
+        self.wall_offset = wall_offset
+        self.timers = Timers()
+        self.timer_config = TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4)
+        self.calls: dict[str, Call] = {}
+        self.ended: OrderedDict[str, Call] = OrderedDict()
+        self.transfers: OrderedDict[str, Transfer] = OrderedDict()
+        self.down: set[str] = set()  # destination labels the prober has marked down
+        self.draining = False
+        self.now = 0.0
+        self.on_record: Callable[[str, Call, dict[str, Any]], None] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[TransactionKey, OnFinal] = {}
+        self._dialogs: dict[tuple[str, str, str], Leg] = {}
+        self._server_invites: dict[TransactionKey, Leg] = {}
+        self._acks: dict[tuple[str, str, int], tuple[Request, Endpoint]] = {}
+        self._own_call_ids: set[str] = set()
+        self.cold = ColdTransfers(self)
+
+    # -- clock ------------------------------------------------------------------------------
+
+    @property
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    def get_timer(self) -> float | None:
+        return self.timers.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.now = now
+        self.timers.handle_timer(now)
+
+    # -- SIP events -------------------------------------------------------------------------
+
+    def handle(self, ev: Event, now: float) -> None:
+        """Feed one transaction-layer event."""
+        self.now = now
+        try:
+            if isinstance(ev, RequestReceived):
+                self._on_request(ev.request, ev.source, ev.key)
+            elif isinstance(ev, ResponseReceived):
+                self._on_response(ev.response, ev.source, ev.key)
+            elif isinstance(ev, CancelReceived):
+                self._on_cancel(ev.invite_key)
+            elif isinstance(ev, TransactionTimedOut):
+                self._client_failed(ev.key, ev.request, 408)
+            elif isinstance(ev, TransportFailed):
+                self._client_failed(ev.key, ev.request, 503)
+        except SipError as err:
+            log.warning("call layer: %s (%d, %s side)", err.reason, err.status, err.side)
+
+    def _on_cancel(self, invite_key: TransactionKey) -> None:
+        leg = self._server_invites.get(invite_key)
+        if leg is None or leg.state is not LegState.CALLING:
+            return
+        self._hangup(leg, 487)
+        call = self.calls.get(leg.call_tag)
+        if call is not None:
+            self._peer_left(call, leg)
+
+    def _client_failed(self, key: TransactionKey, request: Request, status: int) -> None:
+        handler = self._pending.pop(key, None)
+        if handler is not None:
+            handler(make_response(request, status))
+
+    def _on_response(self, resp: Response, source: Endpoint, key: TransactionKey | None) -> None:
+        if key is None:  # a 2xx retransmission after the transaction: ACK it again
+            found = self._acks.get((resp.call_id, resp.to.tag or "", resp.cseq.seq))
+            if found is not None:
+                self.sip.send_stateless(found[0], found[1])
+            return
+        handler = self._pending.get(key)
+        if handler is None:
+            return
+        if resp.status >= 200:
+            del self._pending[key]
+        handler(resp)
+
+    def _send(self, request: Request, dest: Endpoint, on_final: OnFinal | None) -> TransactionKey:
+        key = self.sip.send_request(request, dest)
+        self._pending[key] = on_final if on_final is not None else _ignore
+        return key
+
+    def _respond(
+        self,
+        request: Request,
+        status: int,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        to_tag: str | None = None,
+    ) -> None:
+        self.sip.send_response(make_response(request, status, to_tag=to_tag, headers=headers))
+
+    def _on_request(self, req: Request, source: Endpoint, key: TransactionKey | None) -> None:
+        method = req.method
+        if method == "ACK":
+            leg = self._dialogs.get(request_key(req) or ("", "", ""))
+            if leg is not None and leg.retrans is not None and leg.retrans.ack_received(req):
+                leg.retrans = None
+                if leg.retrans_timer is not None:
+                    leg.retrans_timer.cancel()
+            return
+        dkey = request_key(req)
+        if dkey is not None:
+            leg = self._dialogs.get(dkey)
+            if leg is None:
+                self._respond(req, 481)
+            else:
+                self._in_dialog(leg, req, source)
+        elif method == "INVITE":
+            if key is not None:
+                self._new_invite(req, source, key)
+        elif method == "OPTIONS":
+            self._respond(req, 200, headers=(("Allow", ALLOW), ("Accept", ACCEPT)))
+        elif method in ("BYE", "REFER", "NOTIFY", "INFO", "UPDATE", "PRACK"):
+            self._respond(req, 481)
+        else:
+            self._respond(req, 405, headers=(("Allow", ALLOW),))
+
+    # -- new calls --------------------------------------------------------------------------
+
+    def _new_invite(self, req: Request, source: Endpoint, key: TransactionKey) -> None:
+        cfg = self.config
+        if self.draining:
+            self._respond(req, 503, headers=(("Retry-After", str(cfg.retry_after)),))
+            return
+        trunk = cfg.trunk_for(source.host)
+        if trunk is None:
+            self._respond(req, 403, headers=(reason_header(403, "source not allowed"),))
+            return
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self._respond(req, 483)
+            return
+        if req.call_id in self._own_call_ids:
+            self._respond(req, 482)
+            return
+        try:
+            offer = sdp_of(req)
+        except SipError as err:
+            self._respond(req, err.status)
+            return
+        if offer is None:
+            self._respond(req, 488, headers=(("Warning", '399 handoffd "SDP offer required"'),))
+            return
+        user = req.uri.user or ""
+        position = None
+        if user not in trunk.transfer_numbers:
+            position = cfg.position_for(user)
+            if position is None:
+                self._respond(req, 404)
+                return
+        triage_value = req.headers.get(trunk.triage_header)
+        meta = capture(req, triage_header=triage_value)
+        try:
+            media = self.media.open(f"caller/{req.call_id[:24]}")
+        except SipError as err:
+            self._respond(req, err.status, headers=(("Retry-After", "5"),))
+            return
+        caller = Leg("caller", "", req, source, media, uac=False, local_tag=new_tag())
+        caller.invite_key = key
+        caller.learn_sdp(offer)
+        call = Call(f"c{next(self._ids)}-{new_tag()[:8]}", caller, trunk, meta, offer, self.wall)
+        caller.call_tag = call.id
+        call.legs.append(caller)
+        call.position = position
+        self.calls[call.id] = call
+        self._server_invites[key] = caller
+        self._record("call offered", call)
+        if position is not None:
+            self._dial_position(call, position)
+            return
+        try:
+            self.cold.start(call, "invite", called=user, triage=triage_level(triage_value))
+        except SipError as err:
+            self._fail_caller(call, err.status, err.reason)
+
+    def _contact(self, transport: str) -> NameAddr:
+        ep = self.local.get(transport) or next(iter(self.local.values()))
+        host = self.config.sip.advertise or ep.host
+        host = f"[{host}]" if ":" in host else host
+        params = "" if transport == "udp" else f";transport={transport}"
+        return NameAddr(URI("sip", "handoffd", None, host, ep.port, _params(params)))
+
+    def _via(self, transport: str) -> Via:
+        ep = self.local.get(transport) or next(iter(self.local.values()))
+        host = self.config.sip.advertise or ep.host
+        host = f"[{host}]" if ":" in host else host
+        return Via(transport.upper(), host, ep.port, (("branch", new_branch()), ("rport", None)))
+
+    def _dial(
+        self,
+        call: Call,
+        role: Role,
+        target: URI,
+        transport: str,
+        *,
+        policy: MetadataPolicy,
+        ring_timeout: float,
+        referred_by: str | None = None,
+        cause: int | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Leg:
+        """Place an INVITE for ``call`` (the caller's offer, anchored on a new endpoint)."""
+        media = self.media.open(f"{role}/{call.id}")
+        dest = endpoint_for(target, transport)
+        sip_call_id = f"{new_tag()}{new_tag()}@handoffd"
+        self._own_call_ids.add(sip_call_id)
+        caller_from = call.caller.invite.from_
+        from_uri = caller_from.uri
+        if from_uri.is_sip:
+            from_uri = URI("sip", from_uri.user, None, self._contact(dest.transport).uri.host)
+        from_ = NameAddr(from_uri, caller_from.display_name, (("tag", new_tag()),))
+        leg = Leg(
+            role,
+            call.id,
+            call.caller.invite,  # replaced below once the INVITE exists
+            dest,
+            media,
+            uac=True,
+        )
+        sdp = leg.sdp_for(call.offer)
+        ctype, body = outbound_body(call.meta, sdp, policy)
+        headers = [
+            *outbound_headers(
+                call.meta, policy, target=target, referred_by=referred_by, retarget_cause=cause
+            ),
+            *extra,
+            ("Allow", ALLOW),
+            ("User-Agent", self.config.sip.user_agent),
+        ]
+        mf = call.caller.invite.max_forwards
+        invite = make_request(
+            "INVITE",
+            target,
+            via=self._via(dest.transport),
+            from_=from_,
+            to=NameAddr(target),
+            call_id=sip_call_id,
+            cseq=1,
+            max_forwards=(self.config.sip.max_forwards if mf is None else mf) - 1,
+            contact=self._contact(dest.transport),
+            headers=headers,
+            body=body,
+            content_type=ctype,
+        )
+        leg.invite = invite
+        call.legs.append(leg)
+        leg.invite_key = self._send(invite, dest, lambda r: self._invite_response(leg, r))
+        leg.ring_timer = self.timers.at(self.now + ring_timeout, lambda _n: self._ring_out(leg))
+        return leg
+
+    def _invite_response(self, leg: Leg, resp: Response) -> None:
+        status = resp.status
+        if status < 200:
+            if status > 100 and resp.to.tag and leg.dialog is None and leg.alive:
+                try:
+                    leg.dialog = Dialog.from_uac(leg.invite, resp)
+                    leg.state = LegState.EARLY
+                except SipError:
+                    pass
+            if status > 100 and leg.alive and not leg.cancelled and leg.on_ringing:
+                leg.on_ringing(leg, resp)
+            return
+        if status < 300:
+            self._invite_answered(leg, resp)
+            return
+        leg.stop_timers()
+        was_alive = leg.alive and not leg.cancelled
+        self._leg_ended(leg)
+        if was_alive and leg.on_failure is not None:
+            leg.on_failure(leg, status, resp.reason or reason_phrase(status))
+
+    def _invite_answered(self, leg: Leg, resp: Response) -> None:
+        dialog = Dialog.from_uac(leg.invite, resp)
+        ack = dialog.create_ack(leg.invite.cseq.seq, self._via(leg.dest.transport))
+        dest = endpoint_for(dialog.next_hop(), leg.dest.transport)
+        self.sip.send_stateless(ack, dest)
+        self._acks[(dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq)] = (ack, dest)
+        if leg.state is LegState.CONFIRMED or not leg.alive or leg.cancelled:
+            # a forked second answer, or an answer that crossed our CANCEL: end that dialog
+            self._send(dialog.create_request("BYE", self._via(leg.dest.transport)), dest, None)
+            if leg.state is LegState.ENDING:  # no 487 will come for this INVITE now
+                self._leg_ended(leg)
+            return
+        leg.stop_timers()
+        leg.dialog = dialog
+        leg.state = LegState.CONFIRMED
+        self._dialogs[dialog.key] = leg
+        try:
+            sd = sdp_of(resp)
+        except SipError:
+            sd = None
+        if sd is None:  # an answer without SDP cannot be bridged: treat it as a failure
+            self._hangup(leg)
+            if leg.on_failure is not None:
+                leg.on_failure(leg, 488, "answer without SDP")
+            return
+        leg.learn_sdp(sd)
+        if leg.on_answer is not None:
+            leg.on_answer(leg, resp)
+
+    def _ring_out(self, leg: Leg) -> None:
+        """The ring timeout: give up on this attempt now (the CANCEL's 487 comes later)."""
+        leg.ring_timer = None
+        if not leg.alive or leg.state is LegState.CONFIRMED:
+            return
+        self._hangup(leg)
+        if leg.on_failure is not None:
+            leg.on_failure(leg, 408, "ring timeout")
+
+    # -- ending legs ------------------------------------------------------------------------
+
+    def _leg_ended(self, leg: Leg) -> None:
+        leg.state = LegState.ENDED
+        leg.stop_timers()
+        leg.media.close()
+        if leg.dialog is not None:
+            self._dialogs.pop(leg.dialog.key, None)
+        if not leg.uac and leg.invite_key is not None:
+            self._server_invites.pop(leg.invite_key, None)
+        self._own_call_ids.discard(leg.sip_call_id if leg.uac else "")
+        call = self.calls.get(leg.call_tag)
+        if call is not None and all(not x.alive for x in call.legs):
+            self._call_ended(call)
+
+    def _hangup(self, leg: Leg, status: int = 487, reason: str | None = None) -> None:
+        """End ``leg`` whatever its state: CANCEL, BYE or a final response."""
+        if not leg.alive:
+            return
+        leg.cancelled = True
+        if leg.uac and leg.state is not LegState.CONFIRMED:
+            if leg.invite_key is not None:
+                self.sip.cancel(leg.invite_key)
+            leg.state = LegState.ENDING
+            leg.stop_timers()
+            leg.media.close()
+            # the 487 (or a crossing 2xx, which gets ACK + BYE) finishes it
+            return
+        if not leg.uac and leg.state is not LegState.CONFIRMED:
+            headers = (reason_header(status, reason),) if reason else ()
+            self._respond(leg.invite, status, headers=headers, to_tag=leg.local_tag)
+            self._leg_ended(leg)
+            return
+        assert leg.dialog is not None
+        bye = leg.dialog.create_request("BYE", self._via(leg.dest.transport))
+        leg.state = LegState.ENDING
+        self._send(bye, leg.request_dest(), lambda _r: self._leg_ended(leg))
+
+    def _call_ended(self, call: Call) -> None:
+        if call.id not in self.calls:
+            return
+        del self.calls[call.id]
+        call.state = "ended"
+        call.ended_at = self.wall
+        self.ended[call.id] = call
+        while len(self.ended) > KEEP_ENDED:
+            self.ended.popitem(last=False)
+        self._record("call ended", call)
+
+    def _fail_caller(self, call: Call, status: int, reason: str) -> None:
+        self._hangup(call.caller, map_failure(status), reason)
+        for leg in call.legs:
+            self._hangup(leg)
+
+    # -- the dispatcher position ------------------------------------------------------------
+
+    def _dial_position(self, call: Call, position: Position, *, recall: bool = False) -> None:
+        policy = MetadataPolicy(
+            share_location=position.share_location,
+            forward_uui=True,
+            x_header_allowlist=frozenset(n.lower() for n, _ in call.meta.x_headers),
+            accept_multipart=position.accept_multipart,
+        )
+        try:
+            leg = self._dial(
+                call,
+                "dispatcher",
+                position.uri,
+                position.transport,
+                policy=policy,
+                ring_timeout=self.config.sip.ring_timeout,
+            )
+        except SipError as err:
+            if recall:
+                self._recall_next(call)
+            else:
+                self._fail_caller(call, err.status, err.reason)
+            return
+        call.dispatcher = leg
+        call.position = position
+        leg.on_ringing = lambda _l, _r: self._caller_ringing(call)
+        leg.on_answer = lambda lg, _r: self._dispatcher_answered(call, lg)
+        if recall:
+            leg.on_failure = lambda _l, _s, _r: self._recall_next(call)
+        else:
+            leg.on_failure = lambda _l, s, r: self._fail_caller(call, s, r)
+
+    def _caller_ringing(self, call: Call) -> None:
+        caller = call.caller
+        if call.ringing_sent or caller.state is not LegState.CALLING:
+            return
+        call.ringing_sent = True
+        contact = (("Contact", str(self._contact(caller.dest.transport))),)
+        self._respond(caller.invite, 180, headers=contact, to_tag=caller.local_tag)
+
+    def _answer_caller(self, call: Call, source: Leg) -> None:
+        """200 to the caller's INVITE with ``source``'s SDP anchored on the caller's endpoint."""
+        caller = call.caller
+        assert source.peer_sdp is not None
+        contact = self._contact(caller.dest.transport)
+        body = caller.sdp_for(source.peer_sdp)
+        ok = make_response(
+            caller.invite,
+            200,
+            to_tag=caller.local_tag,
+            headers=(
+                ("Contact", str(contact)),
+                ("Allow", ALLOW),
+                ("Content-Type", "application/sdp"),
+            ),
+            body=body,
+        )
+        dialog = Dialog.from_uas(caller.invite, caller.local_tag, contact, confirmed=True)
+        caller.dialog = dialog
+        caller.state = LegState.CONFIRMED
+        self._dialogs[dialog.key] = caller
+        self._send_2xx(caller, ok, response_destination(caller.invite.top_via, caller.dest))
+
+    def _dispatcher_answered(self, call: Call, leg: Leg) -> None:
+        if not call.caller.alive:
+            self._hangup(leg)
+            return
+        if call.caller.state is not LegState.CONFIRMED:
+            self._answer_caller(call, leg)
+            self._record("answered by dispatcher", call)
+        else:  # a recall: the caller is up, talking to nobody; offer the dispatcher's SDP
+            self._reinvite(call.caller, leg.peer_sdp, hold=False)
+            self._record("returned to dispatcher", call)
+        self._bridge(call, call.caller, leg)
+        call.state = "connected"
+
+    def _recall_next(self, call: Call) -> None:
+        """Call the positions in turn until one answers or the caller hangs up."""
+        if not call.caller.alive:
+            return
+        positions = list(self.config.positions.values())
+        start = positions.index(call.position) if call.position in positions else 0
+        nxt = positions[(start + call.recall_index) % len(positions)]
+        call.recall_index += 1
+        self._dial_position(call, nxt, recall=True)
+
+    def _bridge(self, call: Call, a: Leg, b: Leg) -> None:
+        self.media.bridge(a.media, b.media)
+        call.bridged = (a, b)
+
+    # -- in-dialog requests -----------------------------------------------------------------
+
+    def _in_dialog(self, leg: Leg, req: Request, source: Endpoint) -> None:
+        assert leg.dialog is not None
+        call = self.calls.get(leg.call_tag)
+        try:
+            leg.dialog.on_request(req)
+        except SipError as err:
+            self._respond(req, err.status)
+            return
+        method = req.method
+        if method == "BYE":
+            self._respond(req, 200)
+            self._leg_ended(leg)
+            if call is not None:
+                self._peer_left(call, leg)
+        elif call is None:
+            self._respond(req, 481)
+        elif method in ("INVITE", "UPDATE"):
+            self._relay_offer(call, leg, req, source)
+        elif method == "REFER":
+            self.cold.on_refer(call, leg, req)
+        elif method in ("OPTIONS", "INFO", "NOTIFY"):
+            self._respond(req, 200)
+        else:
+            self._respond(req, 405, headers=(("Allow", ALLOW),))
+
+    def _peer_left(self, call: Call, leg: Leg) -> None:
+        """``leg``'s peer hung up (BYE)."""
+        t = call.transfer
+        if leg is call.caller:
+            if t is not None and t.can(TInput.CALLER_GONE):
+                phase = phase_of(t)
+                t.step(TInput.CALLER_GONE, self.wall)
+                self._record("abandoned", call, phase=phase)
+            for other in call.legs:
+                self._hangup(other)
+            return
+        if leg is call.dispatcher:
+            call.dispatcher = None
+            if call.bridged is not None and leg in call.bridged:
+                call.bridged = None
+            if t is not None and not t.done:
+                self._record("dispatcher left", call)
+                return  # the transfer goes on; a failure recalls the position
+            if call.state == "transferred":
+                return
+        elif leg is call.destination:
+            call.destination = None
+        self._hangup(call.caller, 487)
+        for other in call.legs:
+            self._hangup(other)
+
+    def _relay_offer(self, call: Call, leg: Leg, req: Request, source: Endpoint) -> None:
+        """A re-INVITE/UPDATE from ``leg``: pass its offer to the bridged partner, the answer
+        back (hold and resume in both directions ride on this)."""
+        try:
+            offer = sdp_of(req)
+        except SipError as err:
+            self._respond(req, err.status)
+            return
+        if offer is None:
+            self._respond(req, 488, headers=(("Warning", '399 handoffd "offer required"'),))
+            return
+        leg.learn_sdp(offer)
+        reply_to = response_destination(req.top_via, source)
+        partner = call.partner(leg)
+        if partner is None or not partner.alive or partner.dialog is None:
+            answer = set_direction(offer, answer_direction(direction(offer)))
+            self._answer_offer(leg, req, leg.sdp_for(answer), reply_to)
+            return
+        try:
+            out = partner.dialog.create_request(
+                req.method,
+                self._via(partner.dest.transport),
+                body=partner.sdp_for(offer),
+                content_type="application/sdp",
+            )
+        except SipError:
+            self._respond(req, 491)
+            return
+
+        def done(resp: Response) -> None:
+            if req.method == "INVITE" and 200 <= resp.status < 300:
+                self._ack(partner, resp)
+            if resp.status >= 300 or not leg.alive:
+                self._respond(req, resp.status if resp.status >= 300 else 500)
+                return
+            try:
+                answer = sdp_of(resp)
+            except SipError:
+                answer = None
+            if answer is None:
+                self._respond(req, 488)
+                return
+            partner.learn_sdp(answer)
+            self._answer_offer(leg, req, leg.sdp_for(answer), reply_to)
+
+        self._send(out, partner.request_dest(), done)
+
+    def _answer_offer(self, leg: Leg, req: Request, body: bytes, dest: Endpoint) -> None:
+        headers = (
+            ("Contact", str(self._contact(leg.dest.transport))),
+            ("Content-Type", "application/sdp"),
+        )
+        ok = make_response(req, 200, headers=headers, body=body)
+        if req.method == "INVITE":
+            self._send_2xx(leg, ok, dest)
+        else:
+            self.sip.send_response(ok)
+
+    def _send_2xx(self, leg: Leg, ok: Response, dest: Endpoint) -> None:
+        from telephony.sip.dialog import Uas2xxRetransmitter  # noqa: PLC0415
+
+        assert leg.dialog is not None
+        self.sip.send_response(ok)
+        cfg = self.timer_config
+        leg.retrans = Uas2xxRetransmitter(
+            leg.dialog.key, ok.to_bytes(), self.now, cfg.t1, cfg.t2, cseq=ok.cseq.seq
+        )
+        self._arm_retrans(leg, dest)
+
+    def _arm_retrans(self, leg: Leg, dest: Endpoint) -> None:
+        r = leg.retrans
+        when = None if r is None else r.get_timer()
+        if r is None or when is None:
+            return
+
+        def fire(now: float) -> None:
+            for out in r.handle_timer(now):
+                if isinstance(out, AckTimedOut):
+                    leg.retrans = None
+                    call = self.calls.get(leg.call_tag)
+                    self._hangup(leg)
+                    if call is not None:
+                        self._peer_left(call, leg)
+                    return
+                self.sip.send_bytes(out.data, dest)
+            self._arm_retrans(leg, dest)
+
+        leg.retrans_timer = self.timers.at(when, fire)
+
+    def _ack(self, leg: Leg, resp: Response) -> None:
+        assert leg.dialog is not None
+        ack = leg.dialog.create_ack(resp.cseq.seq, self._via(leg.dest.transport))
+        dest = leg.request_dest()
+        self.sip.send_stateless(ack, dest)
+        self._acks[(resp.call_id, resp.to.tag or "", resp.cseq.seq)] = (ack, dest)
+
+    def _reinvite(self, leg: Leg, sdp: SessionDescription | None, *, hold: bool) -> None:
+        """Offer ``sdp`` to ``leg`` on our own initiative (after a transfer or recall)."""
+        if sdp is None or leg.dialog is None or not leg.alive:
+            return
+        try:
+            req = leg.dialog.create_request(
+                "INVITE",
+                self._via(leg.dest.transport),
+                body=leg.sdp_for(sdp, hold=hold),
+                content_type="application/sdp",
+            )
+        except SipError:
+            return  # an INVITE is in progress on this leg; its answer will carry the media
+
+        def done(resp: Response) -> None:
+            if 200 <= resp.status < 300:
+                self._ack(leg, resp)
+                try:
+                    answer = sdp_of(resp)
+                except SipError:
+                    answer = None
+                if answer is not None:
+                    leg.learn_sdp(answer)
+
+        self._send(req, leg.request_dest(), done)
+
+    # -- transfers (telephony.call.cold) -----------------------------------------------------
+
+    def start_transfer(
+        self,
+        call_id: str,
+        *,
+        destination: str | None = None,
+        triage: int | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> Transfer:
+        """The HTTP hook; see :meth:`ColdTransfers.start_transfer`."""
+        return self.cold.start_transfer(
+            call_id, destination=destination, triage=triage, reason=reason, now=now
+        )
+
+    def cancel_transfer(self, transfer_id: str, now: float | None = None) -> Transfer:
+        """Call a transfer off before the destination answers (409 after)."""
+        return self.cold.cancel_transfer(transfer_id, now)
+
+    # -- views and records ------------------------------------------------------------------
+
+    def _record(self, event: str, call: Call, **fields: Any) -> None:
+        if self.on_record is not None:
+            self.on_record(event, call, fields)
+
+    def find_call(self, call_id: str) -> Call | None:
+        return self.calls.get(call_id) or self.ended.get(call_id)
+
+
+def _ignore(_resp: Response) -> None:
+    return None
+
+
+def _params(text: str) -> tuple[tuple[str, str | None], ...]:
+    if not text:
+        return ()
+    name, _, value = text.lstrip(";").partition("=")
+    return ((name, value or None),)

@@ -1,0 +1,101 @@
+"""What the call layer needs from the outside, as small protocols, plus its timer wheel.
+
+The call layer is sans-IO: it never touches a socket or reads a clock. It talks to the SIP
+transaction layer through :class:`SipPort` (the daemon passes its ``SipStack``; the in-memory
+tests pass a real ``TransactionLayer`` wired to peers), opens media through :class:`MediaPort`
+(the daemon adapts ``telephony.media.Relay``), and keeps its own deadlines in :class:`Timers`,
+which the I/O layer drives with ``get_timer()`` / ``handle_timer(now)`` like every other machine.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Protocol
+
+from telephony.sip.message import Request, Response
+from telephony.sip.transaction import Endpoint, TransactionKey
+
+
+class SipPort(Protocol):
+    """The transaction layer, as the call layer uses it (``telephony.io.stack.SipStack``)."""
+
+    def send_request(self, request: Request, dest: Endpoint) -> TransactionKey: ...
+
+    def send_response(self, response: Response) -> None: ...
+
+    def send_stateless(self, message: Request | Response, dest: Endpoint) -> None: ...
+
+    def send_bytes(self, data: bytes, dest: Endpoint) -> None: ...
+
+    def cancel(self, key: TransactionKey) -> TransactionKey | None: ...
+
+
+class MediaLeg(Protocol):
+    """Our RTP/RTCP address for one SIP leg (``telephony.media.relay.LegEndpoint``)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def rtp_port(self) -> int: ...
+
+    def set_remote(self, host: str, rtp_port: int, rtcp_port: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MediaPort(Protocol):
+    """Opens leg endpoints and joins them. ``bridge(a, b)`` first takes each of the two out of
+    any bridge it is in (the other endpoint of that bridge stays open, unbridged)."""
+
+    def open(self, label: str) -> MediaLeg: ...
+
+    def bridge(self, a: MediaLeg, b: MediaLeg) -> None: ...
+
+    def unbridge(self, leg: MediaLeg) -> None: ...
+
+
+class Timer:
+    """A scheduled callback; :meth:`cancel` makes it a no-op."""
+
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[float], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """A heap of deadlines. ``handle_timer(now)`` runs every due callback with ``now``."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
+
+    def at(self, when: float, callback: Callable[[float], None]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._heap, (when, next(self._seq), timer))
+        return timer
+
+    def get_timer(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, timer = heapq.heappop(heap)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback(now)

@@ -1,0 +1,224 @@
+"""The call controller in memory: real transaction layers, scripted peers, a fake clock.
+
+Each test builds a PSAP caller, two dispatcher positions and two 988 destinations on an in-memory
+network (tests/unit/callnet.py) around one B2bua, and checks what every party received and what
+media the controller joined. Timings (failover, return to the dispatcher) are on the fake clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony.call.b2bua import B2bua
+from telephony.call.transfer import TState
+from telephony.config import load_config
+from telephony.routing import load_rules
+from telephony.sip.errors import SipError
+from telephony.sip.transaction import Endpoint
+from tests.e2e.harness import Ports, write_setup
+from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer
+
+PORTS = Ports(sip=5060, http=8080, disp1=5070, disp2=5072, primary=5090, backup=5092, media=20000)
+HANDOFFD = Endpoint("udp", "127.0.0.1", 5060)
+CALLER_HEADERS = (
+    ("P-Asserted-Identity", "<tel:+18055550123>"),
+    ("Call-Info", "<urn:emergency:uid:callid:abc:psap.example>;purpose=emergency-CallId"),
+    ("Call-Info", "<urn:emergency:uid:incidentid:inc-1:psap.example>;purpose=emergency-IncidentId"),
+)
+
+
+class World:
+    def __init__(
+        self, tmp: Path, *, primary: str | int = "answer", backup: str | int = "answer"
+    ) -> None:
+        cfg = load_config(write_setup(tmp, PORTS, ring_timeout=3.0, position_ring_timeout=5.0))
+        self.net = Net()
+        self.node = Node(self.net, "handoffd", 5060)
+        self.media = FakeMedia()
+        self.core = B2bua(
+            LayerPort(self.node),
+            self.media,
+            cfg,
+            load_rules(cfg.rules),
+            local={"udp": HANDOFFD},
+            wall_offset=1_700_000_000.0,
+        )
+        self.node.handler = lambda ev: self.core.handle(ev, self.net.now)
+        self.net.clocks.append(self.core.get_timer)
+        self.net.tickers.append(self.core.handle_timer)
+        self.caller = Peer(self.net, "caller", 5050)
+        self.disp1 = Peer(self.net, "disp1", 5070)
+        self.disp2 = Peer(self.net, "disp2", 5072)
+        self.primary = Peer(self.net, "primary", 5090, primary)
+        self.backup = Peer(self.net, "backup", 5092, backup)
+
+    def connect(self) -> str:
+        """A caller connected to disp-1; returns the call id."""
+        self.caller.call(HANDOFFD, "disp-1", CALLER_HEADERS)
+        self.net.advance(1.0)
+        assert self.caller.statuses()[-1] == 200
+        assert len(self.core.calls) == 1
+        return next(iter(self.core.calls))
+
+    def bridged_to(self, peer: Peer) -> bool:
+        call = next(iter(self.core.calls.values()))
+        caller_media = call.caller.media
+        other = self.media.partner(caller_media)  # type: ignore[arg-type]
+        leg = next((lg for lg in call.legs if lg.media is other), None)
+        return leg is not None and leg.dest.port == peer.ep.port
+
+
+def test_call_to_position_is_bridged_and_hangup_propagates(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.connect()
+    assert w.caller.statuses() == [100, 180, 200]
+    invite = w.disp1.invites[0]
+    assert invite.headers.get("p-asserted-identity") == "<tel:+18055550123>"
+    assert b"c=IN IP4 127.0.0.1" in invite.body and b"m=audio 40002 " in invite.body
+    assert w.bridged_to(w.disp1)
+    w.caller.in_dialog("BYE", HANDOFFD)
+    w.net.advance(1.0)
+    assert any(r.method == "BYE" for r in w.disp1.requests)
+    assert not w.core.calls and w.media.open_count == 0
+
+
+def test_api_transfer_fails_over_and_releases_dispatcher(tmp_path: Path) -> None:
+    w = World(tmp_path, primary=486)
+    call_id = w.connect()
+    t = w.core.start_transfer(call_id, now=w.net.now)
+    w.net.advance(2.0)
+    assert t.state is TState.COMPLETED
+    assert [e.event for e in t.timeline][:3] == ["requested", "trying", "attempt failed"]
+    assert w.bridged_to(w.backup)
+    assert any(r.method == "BYE" for r in w.disp1.requests)  # the dispatcher was released
+    inv = w.backup.invites[0]
+    assert inv.headers.get("referred-by") == "<sip:disp-1@127.0.0.1:5060>"
+    assert "cause=302" in (inv.headers.get("history-info") or "")
+    assert "emergency-CallId" in ",".join(inv.headers.get_all("call-info"))
+    assert inv.headers.get("geolocation") is None
+
+
+def test_ring_timeout_moves_on_and_cancels(tmp_path: Path) -> None:
+    w = World(tmp_path, primary="ring")
+    call_id = w.connect()
+    start = w.net.now
+    t = w.core.start_transfer(call_id, now=start)
+    w.net.advance(2.9)
+    assert not w.backup.invites
+    w.net.advance(0.15)
+    assert w.backup.invites, "backup not tried right after the primary's ring timeout"
+    assert any(r.method == "CANCEL" for r in w.primary.requests)
+    w.net.advance(1.0)
+    assert t.state is TState.COMPLETED and w.bridged_to(w.backup)
+
+
+def test_whole_chain_failing_returns_caller_to_dispatcher(tmp_path: Path) -> None:
+    w = World(tmp_path, primary=503, backup=486)
+    call_id = w.connect()
+    t = w.core.start_transfer(call_id, now=w.net.now)
+    w.net.run()  # no clock movement: the return to the dispatcher is immediate
+    assert t.state is TState.FAILED and t.sip_status == 486
+    assert w.bridged_to(w.disp1)
+    assert w.core.calls[call_id].state == "connected"
+    assert not any(r.method == "BYE" for r in w.disp1.requests)
+
+
+def test_api_cancel_keeps_caller_with_dispatcher(tmp_path: Path) -> None:
+    w = World(tmp_path, primary="ring")
+    call_id = w.connect()
+    t = w.core.start_transfer(call_id, now=w.net.now)
+    w.net.advance(0.5)
+    w.core.cancel_transfer(t.id, now=w.net.now)
+    w.net.advance(0.5)
+    assert t.state is TState.CANCELLED
+    assert w.bridged_to(w.disp1)
+    with pytest.raises(SipError) as exc:
+        w.core.cancel_transfer(t.id, now=w.net.now)
+    assert exc.value.status == 409
+
+
+def test_refer_sends_notify_progress_and_completes(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.connect()
+    w.disp1.in_dialog(
+        "REFER",
+        HANDOFFD,
+        headers=(
+            ("Refer-To", "<sip:988@127.0.0.1:5060>"),
+            ("Referred-By", "<sip:disp1@127.0.0.1>"),
+        ),
+    )
+    w.net.advance(3.0)
+    assert 202 in w.disp1.statuses("REFER")
+    frags = [r.body.decode().strip() for r in w.disp1.requests if r.method == "NOTIFY"]
+    assert frags[0] == "SIP/2.0 100 Trying"
+    assert frags[-1] == "SIP/2.0 200 OK"
+    assert "SIP/2.0 180 Ringing" in frags
+    assert w.bridged_to(w.primary)
+    assert any(r.method == "BYE" for r in w.disp1.requests)  # released after the grace time
+
+
+def test_failed_refer_after_dispatcher_left_recalls_position(tmp_path: Path) -> None:
+    w = World(tmp_path, primary=486, backup=503)
+    w.primary.mode = "ring"
+    w.connect()
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1>"),))
+    w.net.advance(0.2)
+    w.disp1.in_dialog("BYE", HANDOFFD)  # the phone hangs up at once (blind transfer)
+    w.net.advance(0.2)
+    assert w.core.calls, "the caller must stay while the transfer goes on"
+    w.net.advance(3.5)  # primary rings out, backup answers 503: chain exhausted
+    assert len(w.disp1.invites) == 2, "the position is called again (recall)"
+    w.net.advance(1.0)
+    assert w.bridged_to(w.disp1)
+
+
+def test_caller_hanging_up_during_transfer_is_abandonment(tmp_path: Path) -> None:
+    w = World(tmp_path, primary="ring")
+    records: list[tuple[str, dict[str, object]]] = []
+    w.core.on_record = lambda event, call, fields: records.append((event, fields))
+    call_id = w.connect()
+    t = w.core.start_transfer(call_id, now=w.net.now)
+    w.net.advance(0.5)
+    w.caller.in_dialog("BYE", HANDOFFD)
+    w.net.advance(1.0)
+    assert t.state is TState.ABANDONED
+    assert ("abandoned", {"phase": "while ringing"}) in records
+    assert any(r.method == "CANCEL" for r in w.primary.requests)
+    assert not w.core.calls and w.media.open_count == 0
+
+
+def test_invite_to_transfer_number_answers_cpe_with_last_failure(tmp_path: Path) -> None:
+    w = World(tmp_path, primary=503, backup=486)
+    w.caller.call(HANDOFFD, "988", CALLER_HEADERS)
+    w.net.advance(1.0)
+    final = [r for r in w.caller.responses if r.status >= 200][-1]
+    assert final.status == 486
+    assert "cause=486" in (final.headers.get("reason") or "")
+
+
+def test_invite_to_transfer_number_connects_cpe(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.caller.call(HANDOFFD, "988", CALLER_HEADERS)
+    w.net.advance(1.0)
+    assert w.caller.statuses()[-1] == 200
+    assert w.bridged_to(w.primary)
+
+
+def test_draining_refuses_new_calls_with_retry_after(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.core.draining = True
+    w.caller.call(HANDOFFD, "disp-1")
+    w.net.run()
+    final = w.caller.responses[-1]
+    assert final.status == 503 and final.headers.get("retry-after") == "7"
+
+
+def test_unknown_number_is_404(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.caller.call(HANDOFFD, "5555")
+    w.net.run()
+    assert w.caller.responses[-1].status == 404
+    assert w.media.open_count == 0
