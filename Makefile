@@ -38,8 +38,13 @@ uv:
 venv: uv
 	$(UV) sync --group dev
 
+# The daemon on the example config, with a local redis-server started here when none answers
+# (recording lands with the records issue; the daemon already takes --redis-url). Ctrl-C drains.
 run: setup
-	$(VENV)/bin/handoffctl --help
+	@redis-cli -p 6379 ping >/dev/null 2>&1 || \
+	  redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+	$(VENV)/bin/handoffctl check-config config/handoffd.yaml
+	$(VENV)/bin/handoffd --config config/handoffd.yaml
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,365 @@
+"""``handoffd``: wires config, SIP stack, call layer, media relay and HTTP API together.
+
+The only module besides ``telephony/io`` that owns the event loop: it feeds SIP events and the
+call layer's timers into :class:`~telephony.call.b2bua.B2bua`, adapts the media relay to the call
+layer's :class:`~telephony.call.ports.MediaPort`, serves the HTTP API, drains on SIGTERM and
+reloads the routing rules on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+from collections.abc import Collection
+from typing import Any
+
+from aiohttp import web
+
+from telephony.api import create_app
+from telephony.api.control import ControlError, TransferRequest
+from telephony.call.b2bua import B2bua, Call
+from telephony.call.ports import MediaLeg
+from telephony.call.probe import Prober
+from telephony.call.transfer import Transfer
+from telephony.config import Config
+from telephony.io.stack import SipStack, install_uvloop
+from telephony.media.ports import PortAllocator
+from telephony.media.relay import LegEndpoint, Relay
+from telephony.routing import RulesError, load_rules
+from telephony.sip.errors import SipError
+from telephony.sip.transaction import Endpoint, Event, TimerConfig
+
+log = logging.getLogger("telephony.daemon")
+
+
+class RelayMedia:
+    """The call layer's :class:`MediaPort` over the RTP relay."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def open(self, label: str) -> MediaLeg:
+        return self.relay.open_endpoint_nowait(label)
+
+    def bridge(self, a: MediaLeg, b: MediaLeg) -> None:
+        ea, eb = _endpoint(a), _endpoint(b)
+        for ep in (ea, eb):
+            if ep.bridge is not None:
+                ep.bridge.unbridge()
+        if ea.closed or eb.closed:
+            return
+        self.relay.bridge(ea, eb)
+
+    def unbridge(self, leg: MediaLeg) -> None:
+        ep = _endpoint(leg)
+        if ep.bridge is not None:
+            ep.bridge.unbridge()
+
+
+def _endpoint(leg: MediaLeg) -> LegEndpoint:
+    assert isinstance(leg, LegEndpoint)
+    return leg
+
+
+class Daemon:
+    """One handoffd process. ``await start()``, then ``await serve_forever()``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = load_rules(config.rules, trunks=tuple(config.trunks))
+        sip = config.sip
+        self.stack = SipStack(self._on_event, TimerConfig(sip.t1, sip.t2, sip.t4))
+        media = config.media
+        self.relay = Relay(
+            PortAllocator(media.host, media.port_min, media.port_max), latch=media.latch
+        )
+        self.core: B2bua | None = None
+        self.prober: Prober | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._busy = False
+        self._queue: list[Event] = []
+        self._runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self.ready = False
+        self.http_port = 0
+        self.sip_endpoints: list[Endpoint] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for ls in self.config.sip.listen:
+            self.sip_endpoints.append(await self.stack.listen(ls.transport, ls.host, ls.port))
+        local = {ep.transport: ep for ep in reversed(self.sip_endpoints)}
+        self.core = B2bua(
+            self.stack,
+            RelayMedia(self.relay),
+            self.config,
+            self.rules,
+            local=local,
+            wall_offset=time.time() - loop.time(),
+        )
+        self.prober = Prober(self.core, self.config.probe)
+        self.prober.start(self.rules, loop.time())
+        app = create_app(_Control(self), tokens=self._tokens)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+        self._kick()
+        self.ready = True
+        log.info(
+            "handoffd serving SIP on %s, HTTP on %s:%d",
+            ", ".join(f"{e.transport}:{e.host}:{e.port}" for e in self.sip_endpoints),
+            self.config.http.host,
+            self.http_port,
+        )
+
+    def _tokens(self) -> Collection[str]:
+        return self.config.http.tokens
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new calls (503 + Retry-After), let active calls finish up to the
+        drain timeout, then stop."""
+        core = self.core
+        if core is None or core.draining:
+            return
+        core.draining = True
+        self.ready = False
+        log.info("draining: %d active calls", len(core.calls))
+        deadline = asyncio.get_running_loop().time() + self.config.drain_timeout
+        while core.calls and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self.ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.stack.close()
+        await self.relay.wait_closed()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+    def reload_rules(self) -> dict[str, Any]:
+        """SIGHUP and POST /v1/admin/reload: swap in new rules, or keep the old ones."""
+        rules = load_rules(self.config.rules, trunks=tuple(self.config.trunks))
+        self.rules = rules
+        if self.core is not None:
+            self.core.rules = rules
+        if self.prober is not None:
+            self.prober.start(rules, asyncio.get_running_loop().time())
+            self._kick()
+        log.info("routing rules reloaded: %d rules", len(rules.rules))
+        return {"rules": len(rules.rules), "sources": list(rules.sources)}
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(self.drain()))
+        loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(self.drain()))
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+
+    def _sighup(self) -> None:
+        try:
+            self.reload_rules()
+        except RulesError as err:
+            log.error("rules not reloaded, the running rules stay:\n%s", err)
+
+    # -- driving the call layer -------------------------------------------------------------
+
+    def _on_event(self, ev: Event) -> None:
+        if self._busy:  # a send inside the core produced an event: handle it afterwards
+            self._queue.append(ev)
+            return
+        core = self.core
+        if core is None:
+            return
+        self._busy = True
+        try:
+            core.handle(ev, self.stack.now())
+            while self._queue:
+                core.handle(self._queue.pop(0), self.stack.now())
+        finally:
+            self._busy = False
+        self._kick()
+
+    def call_core(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` (a core method) as the event handler would: no re-entry, timers kept."""
+        self._busy = True
+        try:
+            result = fn(*args, **kwargs)
+            assert self.core is not None
+            while self._queue:
+                self.core.handle(self._queue.pop(0), self.stack.now())
+        finally:
+            self._busy = False
+        self._kick()
+        return result
+
+    def _kick(self) -> None:
+        core = self.core
+        deadline = None if core is None else core.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is not None:
+            self.call_core(self.core.handle_timer, self.stack.now())
+
+
+class _Control:
+    """The HTTP API's view of the daemon (``telephony.api.control.CallControl``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    @property
+    def core(self) -> B2bua:
+        if self.d.core is None:
+            raise ControlError(503, "not started")
+        return self.d.core
+
+    def ready(self) -> bool:
+        return self.d.ready
+
+    def list_calls(self) -> list[dict[str, Any]]:
+        return [call_view(c) for c in self.core.calls.values()]
+
+    def get_call(self, call_id: str) -> dict[str, Any]:
+        call = self.core.find_call(call_id)
+        if call is None:
+            raise ControlError(404, f"no call {call_id!r}", code="unknown_call")
+        return call_view(call)
+
+    def start_transfer(self, call_id: str, request: TransferRequest) -> dict[str, Any]:
+        if request.mode != "cold":
+            raise ControlError(
+                501, f"mode {request.mode!r} is not available yet (cold only)", field="mode"
+            )
+        core = self.core
+        try:
+            t = self.d.call_core(
+                core.start_transfer,
+                call_id,
+                destination=request.destination,
+                triage=request.triage_level,
+                reason=request.reason,
+                now=self.d.stack.now(),
+            )
+        except SipError as err:
+            raise _control_error(err) from None
+        return transfer_view(t)
+
+    def get_transfer(self, transfer_id: str) -> dict[str, Any]:
+        t = self.core.transfers.get(transfer_id)
+        if t is None:
+            raise ControlError(404, f"no transfer {transfer_id!r}", code="unknown_transfer")
+        return transfer_view(t)
+
+    def cancel_transfer(self, transfer_id: str) -> dict[str, Any]:
+        core = self.core
+        try:
+            t = self.d.call_core(core.cancel_transfer, transfer_id, now=self.d.stack.now())
+        except SipError as err:
+            raise _control_error(err) from None
+        return transfer_view(t)
+
+    def reload_rules(self) -> dict[str, Any]:
+        try:
+            return self.d.reload_rules()
+        except RulesError as err:
+            raise ControlError(422, str(err), code="bad_rules") from None
+
+
+def _control_error(err: SipError) -> ControlError:
+    status = err.status if err.status in (403, 404, 409, 422) else 503
+    field = "destination" if err.status == 403 else None
+    return ControlError(status, err.reason, field=field)
+
+
+def call_view(call: Call) -> dict[str, Any]:
+    meta = call.meta
+    return {
+        "id": call.id,
+        "state": call.state,
+        "trunk": call.trunk.name,
+        "psap_id": call.trunk.psap_id,
+        "position": call.position.name if call.position is not None else None,
+        "emergency_call_id": meta.emergency_call_id,
+        "incident_id": meta.incident_id,
+        "created_at": call.created_at,
+        "transfer_id": call.transfer.id if call.transfer is not None else None,
+        "legs": [
+            {
+                "role": leg.role,
+                "sip_call_id": leg.sip_call_id,
+                "state": leg.state.value,
+                "peer": f"{leg.dest.transport}:{leg.dest.host}:{leg.dest.port}",
+            }
+            for leg in call.legs
+        ],
+    }
+
+
+def transfer_view(t: Transfer) -> dict[str, Any]:
+    dest = t.destination
+    return {
+        "id": t.id,
+        "call_id": t.call_id,
+        "mode": "cold",
+        "state": t.state.value,
+        "trigger": t.trigger,
+        "destination": dest.label if dest is not None else None,
+        "triage_level": t.triage_level,
+        "reason": t.reason,
+        "rule": t.decision.rule,
+        "outcome": t.outcome,
+        "sip_status": t.sip_status,
+        "timeline": [
+            {"event": e.event, "at": e.at, "destination": e.destination, "sip_status": e.sip_status}
+            for e in t.timeline
+        ],
+    }
+
+
+async def run(config: Config) -> int:
+    """Run until SIGTERM/SIGINT has drained the daemon."""
+    daemon = Daemon(config)
+    await daemon.start()
+    daemon.install_signals()
+    await daemon.serve_forever()
+    return 0
+
+
+def main(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    install_uvloop()
+    # the daemon's objects live for the whole run: keep them out of the collector's way
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    return asyncio.run(run(config))
