@@ -1,0 +1,110 @@
+"""A real handoffd for end-to-end tests: config and rules on free loopback ports.
+
+:func:`write_setup` writes a config (one trunk, two positions) and a rule directory (a primary and
+a backup 988 destination, both cold, short ring timeouts) under a temporary directory;
+:class:`Ports` says where every party listens. Tests run the :class:`~telephony.daemon.Daemon`
+in their own event loop (so they can read its call layer and relay counters) or the
+``handoffd`` command in a subprocess (signals, startup time).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.peers.sipp import free_port
+
+TOKEN = "e2e-secret-token"
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _media_base() -> int:
+    # an even base whose 200 ports are probably free: derived from a free port
+    base = free_port() & ~1
+    return base if base + 200 < 65000 else 20000
+
+
+@dataclass
+class Ports:
+    sip: int = field(default_factory=free_port)
+    http: int = field(default_factory=free_tcp_port)
+    disp1: int = field(default_factory=free_port)
+    disp2: int = field(default_factory=free_port)
+    primary: int = field(default_factory=free_port)
+    backup: int = field(default_factory=free_port)
+    media: int = field(default_factory=_media_base)
+
+
+def write_setup(
+    root: Path,
+    ports: Ports,
+    *,
+    ring_timeout: float = 3.0,
+    position_ring_timeout: float = 5.0,
+    probe_interval: float = 0.0,
+) -> Path:
+    """Write ``root/handoffd.yaml`` and ``root/rules/*.yaml``; return the config path."""
+    rules = root / "rules"
+    rules.mkdir(parents=True, exist_ok=True)
+    (rules / "00-destinations.yaml").write_text(
+        f"""destinations:
+  988-primary:
+    uri: sip:988@127.0.0.1:{ports.primary}
+    ring_timeout: {ring_timeout}
+    metadata:
+      x_header_allowlist: [X-Incident-Priority]
+  988-backup:
+    uri: sip:988@127.0.0.1:{ports.backup}
+    ring_timeout: {ring_timeout}
+    metadata:
+      x_header_allowlist: [X-Incident-Priority]
+"""
+    )
+    (rules / "90-default.yaml").write_text(
+        """rules:
+  - name: default-cold
+    mode: cold
+    chain: [988-primary, 988-backup]
+"""
+    )
+    config = root / "handoffd.yaml"
+    config.write_text(
+        f"""sip:
+  listen: ["udp:127.0.0.1:{ports.sip}", "tcp:127.0.0.1:{ports.sip}"]
+  ring_timeout: {position_ring_timeout}
+  t1: 0.5
+http:
+  host: 127.0.0.1
+  port: {ports.http}
+  tokens: ["{TOKEN}"]
+media:
+  host: 127.0.0.1
+  port_min: {ports.media}
+  port_max: {ports.media + 199}
+trunks:
+  psap-a:
+    allow: [127.0.0.0/8]
+    psap_id: psap-a
+    transfer_numbers: ["988"]
+positions:
+  disp-1:
+    uri: sip:disp1@127.0.0.1:{ports.disp1}
+    numbers: ["2001"]
+  disp-2:
+    uri: sip:disp2@127.0.0.1:{ports.disp2}
+    numbers: ["2002"]
+rules: rules
+probe:
+  interval: {probe_interval}
+drain:
+  timeout: 5
+  retry_after: 7
+"""
+    )
+    return config

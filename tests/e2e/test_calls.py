@@ -1,0 +1,121 @@
+"""End to end: SIPp as the PSAP trunk and as the dispatcher position, a real handoffd between.
+
+Proves the B2BUA's basic call: INVITE from the trunk routed to the position named by the
+Request-URI, media anchored (our address in both SDPs), ACK/BYE relayed leg to leg, every call
+and media port released at the end; unknown numbers get 404, strangers 403, garbage 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from telephony.daemon import Daemon
+from tests.e2e.harness import Ports
+from tests.peers.sipp import free_port, start_sipp
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
+
+CALLS = 10
+
+
+async def _settle(daemon: Daemon, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    assert daemon.core is not None
+    while daemon.core.calls and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def test_calls_reach_the_position_and_end_cleanly(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    disp = await start_sipp(
+        "uas-basic-call", workdir=tmp_path, local_port=ports.disp1, calls=CALLS, timeout_s=30
+    )
+    await asyncio.sleep(0.3)
+    caller = await start_sipp(
+        "uac-basic-call",
+        workdir=tmp_path,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        calls=CALLS,
+        rate=10,
+        service="disp-1",
+    )
+    res = await caller.wait(60)
+    dres = await disp.wait(30)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.count("SuccessfulCall(C)") == CALLS
+    assert dres.count("SuccessfulCall(C)") == CALLS, dres.stderr[-2000:]
+    await _settle(daemon)
+    assert daemon.core is not None
+    assert not daemon.core.calls
+    assert len(daemon.core.ended) == CALLS
+    assert all(
+        c.position is not None and c.position.name == "disp-1" for c in daemon.core.ended.values()
+    )
+    stats = daemon.relay.stats()
+    assert stats.endpoints == 0  # every media port released
+
+
+async def test_number_selects_position_and_unknown_gets_404(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    disp = await start_sipp(
+        "uas-basic-call", workdir=tmp_path, local_port=ports.disp2, calls=1, timeout_s=20
+    )
+    await asyncio.sleep(0.3)
+    caller = await start_sipp(
+        "uac-basic-call",
+        workdir=tmp_path,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        calls=1,
+        service="2002",
+    )
+    assert (await caller.wait(30)).count("SuccessfulCall(C)") == 1
+    assert (await disp.wait(20)).count("SuccessfulCall(C)") == 1
+    unknown = await start_sipp(
+        "uac-basic-call",
+        workdir=tmp_path,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        calls=1,
+        service="5555",
+        timeout_s=10,
+    )
+    res = await unknown.wait(20)
+    assert res.count("FailedCall(C)") == 1
+    assert "404" in res.stdout + res.stderr or res.count("FailedUnexpectedMessage(C)") == 1
+
+
+async def test_garbage_gets_400_and_the_daemon_keeps_serving(daemon: Daemon, ports: Ports) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        garbage = (
+            b"INVITE sip:disp-1@127.0.0.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKx\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: banana INVITE\r\n"
+            b"Content-Length: 0\r\n\r\n" % sock.getsockname()[1]
+        )
+        await loop.sock_sendto(sock, garbage, ("127.0.0.1", ports.sip))
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5)
+        assert data.startswith(b"SIP/2.0 400 ")
+        options = (
+            b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKy1\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+            b"Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" % sock.getsockname()[1]
+        )
+        await loop.sock_sendto(sock, options, ("127.0.0.1", ports.sip))
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5)
+        assert data.startswith(b"SIP/2.0 200 ")
+        assert b"Allow: " in data and b"REFER" in data
+    finally:
+        sock.close()
