@@ -64,7 +64,7 @@ log = logging.getLogger("telephony.call")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, UPDATE, INFO"
 ACCEPT = "application/sdp, multipart/mixed, message/sipfrag"
-KEEP_ENDED = 1000  # ended calls and transfers kept for the API
+KEEP_ENDED = 256  # ended calls kept for the API (GET /v1/calls/{id} after the end)
 REFER_BYE_GRACE = 2.0  # after a REFER transfer, how long the dispatcher's phone has to send BYE
 OnFinal = Callable[[Response], None]
 
@@ -394,7 +394,7 @@ class B2bua:
         ack = dialog.create_ack(leg.invite.cseq.seq, self._via(leg.dest.transport))
         dest = endpoint_for(dialog.next_hop(), leg.dest.transport)
         self.sip.send_stateless(ack, dest)
-        self._acks[(dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq)] = (ack, dest)
+        self._remember_ack((dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq), ack, dest)
         if leg.state is LegState.CONFIRMED or not leg.alive or leg.cancelled:
             # a forked second answer, or an answer that crossed our CANCEL: end that dialog
             self._send(dialog.create_request("BYE", self._via(leg.dest.transport)), dest, None)
@@ -465,10 +465,20 @@ class B2bua:
         leg.state = LegState.ENDING
         self._send(bye, leg.request_dest(), lambda _r: self._leg_ended(leg))
 
+    def _remember_ack(self, key: tuple[str, str, int], ack: Request, dest: Endpoint) -> None:
+        """Keep our ACK for a 2xx long enough to answer its retransmissions (64*T1, the
+        longest a UAS retransmits, RFC 3261 §13.3.1.4), then forget it."""
+        self._acks[key] = (ack, dest)
+        self.timers.at(
+            self.now + 64 * self.timer_config.t1, lambda _n: self._acks.pop(key, None)
+        )
+
     def _call_ended(self, call: Call) -> None:
         if call.id not in self.calls:
             return
         del self.calls[call.id]
+        for leg in call.legs:  # break leg -> callback -> call cycles: freed without the GC
+            leg.on_ringing = leg.on_answer = leg.on_failure = None
         call.state = "ended"
         call.ended_at = self.wall
         self.ended[call.id] = call
@@ -719,7 +729,7 @@ class B2bua:
         ack = leg.dialog.create_ack(resp.cseq.seq, self._via(leg.dest.transport))
         dest = leg.request_dest()
         self.sip.send_stateless(ack, dest)
-        self._acks[(resp.call_id, resp.to.tag or "", resp.cseq.seq)] = (ack, dest)
+        self._remember_ack((resp.call_id, resp.to.tag or "", resp.cseq.seq), ack, dest)
 
     def _reinvite(self, leg: Leg, sdp: SessionDescription | None, *, hold: bool) -> None:
         """Offer ``sdp`` to ``leg`` on our own initiative (after a transfer or recall)."""
