@@ -44,7 +44,7 @@ run: setup
 	@redis-cli -p 6379 ping >/dev/null 2>&1 || \
 	  redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
 	$(VENV)/bin/handoffctl check-config config/handoffd.yaml
-	$(VENV)/bin/handoffd --config config/handoffd.yaml
+	HANDOFF_API_TOKENS=$${HANDOFF_API_TOKENS:-dev-token-change-me} $(VENV)/bin/handoffd --config config/handoffd.yaml
 
 lint:
 	$(VENV)/bin/ruff check .
