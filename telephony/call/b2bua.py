@@ -469,7 +469,11 @@ class B2bua:
         """Keep our ACK for a 2xx long enough to answer its retransmissions (64*T1, the
         longest a UAS retransmits, RFC 3261 §13.3.1.4), then forget it."""
         self._acks[key] = (ack, dest)
-        self.timers.at(self.now + 64 * self.timer_config.t1, lambda _n: self._acks.pop(key, None))
+
+        def forget(_now: float) -> None:
+            self._acks.pop(key, None)
+
+        self.timers.at(self.now + 64 * self.timer_config.t1, forget)
 
     def _call_ended(self, call: Call) -> None:
         if call.id not in self.calls:

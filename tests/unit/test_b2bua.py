@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from telephony.call.b2bua import B2bua
+from telephony.call.probe import Prober
 from telephony.call.transfer import TState
-from telephony.config import load_config
+from telephony.config import ProbeConfig, load_config
 from telephony.routing import load_rules
 from telephony.sip.errors import SipError
 from telephony.sip.transaction import Endpoint
@@ -222,3 +223,22 @@ def test_unknown_number_is_404(tmp_path: Path) -> None:
     w.net.run()
     assert w.caller.responses[-1].status == 404
     assert w.media.open_count == 0
+
+
+def test_prober_marks_dead_destination_down_and_transfer_skips_it(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    del w.net.nodes[("127.0.0.1", 5090)]  # the primary is gone: OPTIONS go unanswered
+    prober = Prober(w.core, ProbeConfig(interval=5.0, timeout=1.0, down_after=2, up_after=1))
+    prober.start(w.core.rules, w.net.now)
+    w.net.advance(6.5)  # two rounds, two timeouts
+    assert w.core.down == {"988-primary"}
+    assert prober.on_change == [("988-primary", False)]
+    call_id = w.connect()
+    t = w.core.start_transfer(call_id, now=w.net.now)
+    w.net.advance(1.0)
+    assert "skipped: down" in [e.event for e in t.timeline]
+    assert t.state is TState.COMPLETED and w.bridged_to(w.backup)
+    w.net.add(w.primary)  # back: the next answered probe brings it up
+    w.net.advance(5.0)
+    assert w.core.down == set()
+    assert prober.on_change[-1] == ("988-primary", True)
