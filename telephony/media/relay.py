@@ -637,28 +637,8 @@ class Relay:
     ) -> LegEndpoint:
         """Allocate a port pair and start receiving on it. Raises
         :class:`~telephony.media.ports.PortsExhaustedError` (503) when no pair is free."""
-        loop = asyncio.get_running_loop()
-        pair = self._ports.allocate()
-        ep = LegEndpoint(self, pair, label, self.latch if latch is None else latch)
-        rtp: asyncio.DatagramTransport | None = None
-        try:
-            rtp, _ = await loop.create_datagram_endpoint(
-                lambda: _RtpProtocol(ep), sock=pair.rtp_sock
-            )
-            rtcp, _ = await loop.create_datagram_endpoint(
-                lambda: _RtcpProtocol(ep), sock=pair.rtcp_sock
-            )
-        except BaseException:
-            if rtp is not None:
-                rtp.close()
-            pair.close()
-            self._ports.release(pair.rtp_port)
-            raise
-        ep._rtp_transport = rtp
-        ep._rtcp_transport = rtcp
-        _small_reads(rtp)
-        _small_reads(rtcp)
-        self._endpoints.add(ep)
+        ep = self.open_endpoint_nowait(label, latch=latch)
+        await self._attaching[ep]
         return ep
 
     def open_endpoint_nowait(
@@ -677,8 +657,13 @@ class Relay:
         self._endpoints.add(ep)
         task = loop.create_task(self._attach(ep, pair))
         self._attaching[ep] = task
-        task.add_done_callback(lambda _t: self._attaching.pop(ep, None))
+        task.add_done_callback(lambda t: self._attached(ep, t))
         return ep
+
+    def _attached(self, ep: LegEndpoint, task: asyncio.Task[None]) -> None:
+        self._attaching.pop(ep, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: media sockets could not be attached: %s", ep.label, task.exception())
 
     async def _attach(self, ep: LegEndpoint, pair: PortPair) -> None:
         loop = asyncio.get_running_loop()
