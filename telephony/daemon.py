@@ -187,14 +187,7 @@ class Daemon:
         core = self.core
         if core is None:
             return
-        self._busy = True
-        try:
-            core.handle(ev, self.stack.now())
-            while self._queue:
-                core.handle(self._queue.pop(0), self.stack.now())
-        finally:
-            self._busy = False
-        self._kick()
+        self.call_core(core.handle, ev, self.stack.now())
 
     def call_core(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` (a core method) as the event handler would: no re-entry, timers kept."""
@@ -260,7 +253,7 @@ class _Control:
         core = self.core
         try:
             t = self.d.call_core(
-                core.start_transfer,
+                core.cold.start_transfer,
                 call_id,
                 destination=request.destination,
                 triage=request.triage_level,
@@ -280,7 +273,7 @@ class _Control:
     def cancel_transfer(self, transfer_id: str) -> dict[str, Any]:
         core = self.core
         try:
-            t = self.d.call_core(core.cancel_transfer, transfer_id, now=self.d.stack.now())
+            t = self.d.call_core(core.cold.cancel_transfer, transfer_id, now=self.d.stack.now())
         except SipError as err:
             raise _control_error(err) from None
         return transfer_view(t)

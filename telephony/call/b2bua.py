@@ -37,7 +37,7 @@ from telephony.call.metadata import CallMetadata, capture, outbound_body, outbou
 from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.transfer import TInput, Transfer
 from telephony.routing.model import MetadataPolicy
-from telephony.sip.dialog import AckTimedOut, Dialog, request_key
+from telephony.sip.dialog import AckTimedOut, Dialog, Uas2xxRetransmitter, request_key
 from telephony.sip.errors import SipError
 from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
 from telephony.sip.message import Request, Response, make_request, make_response, reason_phrase
@@ -293,18 +293,20 @@ class B2bua:
         except SipError as err:
             self._fail_caller(call, err.status, err.reason)
 
-    def _contact(self, transport: str) -> NameAddr:
+    def _sent_by(self, transport: str) -> tuple[str, int]:
+        """Our host (advertised, IPv6 bracketed) and port for messages sent over ``transport``."""
         ep = self.local.get(transport) or next(iter(self.local.values()))
         host = self.config.sip.advertise or ep.host
-        host = f"[{host}]" if ":" in host else host
-        params = "" if transport == "udp" else f";transport={transport}"
-        return NameAddr(URI("sip", "handoffd", None, host, ep.port, _params(params)))
+        return (f"[{host}]" if ":" in host else host), ep.port
+
+    def _contact(self, transport: str) -> NameAddr:
+        host, port = self._sent_by(transport)
+        uri = URI("sip", "handoffd", None, host, port)
+        return NameAddr(uri if transport == "udp" else uri.with_params(transport=transport))
 
     def _via(self, transport: str) -> Via:
-        ep = self.local.get(transport) or next(iter(self.local.values()))
-        host = self.config.sip.advertise or ep.host
-        host = f"[{host}]" if ":" in host else host
-        return Via(transport.upper(), host, ep.port, (("branch", new_branch()), ("rport", None)))
+        host, port = self._sent_by(transport)
+        return Via(transport.upper(), host, port, (("branch", new_branch()), ("rport", None)))
 
     def _dial(
         self,
@@ -696,8 +698,6 @@ class B2bua:
             self.sip.send_response(ok)
 
     def _send_2xx(self, leg: Leg, ok: Response, dest: Endpoint) -> None:
-        from telephony.sip.dialog import Uas2xxRetransmitter  # noqa: PLC0415
-
         assert leg.dialog is not None
         self.sip.send_response(ok)
         cfg = self.timer_config
@@ -759,26 +759,6 @@ class B2bua:
 
         self._send(req, leg.request_dest(), done)
 
-    # -- transfers (telephony.call.cold) -----------------------------------------------------
-
-    def start_transfer(
-        self,
-        call_id: str,
-        *,
-        destination: str | None = None,
-        triage: int | None = None,
-        reason: str | None = None,
-        now: float | None = None,
-    ) -> Transfer:
-        """The HTTP hook; see :meth:`ColdTransfers.start_transfer`."""
-        return self.cold.start_transfer(
-            call_id, destination=destination, triage=triage, reason=reason, now=now
-        )
-
-    def cancel_transfer(self, transfer_id: str, now: float | None = None) -> Transfer:
-        """Call a transfer off before the destination answers (409 after)."""
-        return self.cold.cancel_transfer(transfer_id, now)
-
     # -- views and records ------------------------------------------------------------------
 
     def _record(self, event: str, call: Call, **fields: Any) -> None:
@@ -791,10 +771,3 @@ class B2bua:
 
 def _ignore(_resp: Response) -> None:
     return None
-
-
-def _params(text: str) -> tuple[tuple[str, str | None], ...]:
-    if not text:
-        return ()
-    name, _, value = text.lstrip(";").partition("=")
-    return ((name, value or None),)

@@ -8,11 +8,17 @@ through the controller's methods. See docs/call-control.md for the behaviour of 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from telephony.call.legs import Leg, LegState, audio_index
 from telephony.call.transfer import TInput, Transfer, Trigger, TState
-from telephony.routing.model import CallDescription, Decision
+from telephony.routing.model import (
+    CallDescription,
+    Decision,
+    Destination,
+    language_from_accept_language,
+)
 from telephony.sip.errors import SipError
 from telephony.sip.headers import new_tag
 from telephony.sip.message import Request
@@ -20,7 +26,7 @@ from telephony.sip.message import Request
 if TYPE_CHECKING:
     from telephony.call.b2bua import B2bua, Call
 
-KEEP_ENDED = 1000  # finished transfers kept for the API
+KEEP_TRANSFERS = 1000  # finished transfers kept for the API
 REFER_BYE_GRACE = 2.0  # after a REFER transfer, how long the dispatcher's phone has to send BYE
 
 
@@ -82,10 +88,9 @@ class ColdTransfers:
         t.note("requested", self.core.wall)
         call.transfer = t
         self.core.transfers[t.id] = t
-        while (
-            len(self.core.transfers) > KEEP_ENDED and next(iter(self.core.transfers.values())).done
-        ):
-            self.core.transfers.popitem(last=False)
+        transfers = self.core.transfers
+        while len(transfers) > KEEP_TRANSFERS and next(iter(transfers.values())).done:
+            transfers.popitem(last=False)
         call.state = "transferring"
         self.core._record("transfer requested", call)
         self._try_next(call, extra)
@@ -93,7 +98,7 @@ class ColdTransfers:
 
     def _route(
         self, call: Call, called: str, triage: int | None
-    ) -> tuple[Decision, tuple[Any, ...]]:
+    ) -> tuple[Decision, tuple[Destination, ...]]:
         named = self.core.rules.destinations.get(called)
         desc = CallDescription(
             trunk=call.trunk.name,
@@ -121,8 +126,7 @@ class ColdTransfers:
             and t.destination.label in self.core.down
             and any(d.label not in self.core.down for d in t.chain[t.index + 1 :])
         ):
-            t.note("skipped: down", self.core.wall)
-            t.index += 1
+            t.skip("skipped: down", self.core.wall)
         dest = t.destination
         if dest is None:
             self._attempt_failed(call, 480, "no destination")
@@ -260,7 +264,7 @@ class ColdTransfers:
             )
             return
         embedded = tuple(
-            (name, _unescape(value))
+            (name, unquote(value))
             for name, value in target.uri.headers
             if name.lower() not in _NOT_EMBEDDABLE
         )
@@ -275,7 +279,7 @@ class ColdTransfers:
                 call,
                 "refer",
                 called=target.uri.user or "",
-                triage=triage_level(_unescape(triage_value) if triage_value else None),
+                triage=triage_level(unquote(triage_value) if triage_value else None),
                 extra=embedded,
             )
         except SipError as err:
@@ -334,12 +338,6 @@ _NOT_EMBEDDABLE = frozenset(
 )
 
 
-def _unescape(value: str) -> str:
-    from urllib.parse import unquote  # noqa: PLC0415
-
-    return unquote(value)
-
-
 def triage_level(value: str | None) -> int | None:
     if value is None:
         return None
@@ -348,8 +346,6 @@ def triage_level(value: str | None) -> int | None:
 
 
 def _language(accept_language: str | None) -> str | None:
-    from telephony.routing.model import language_from_accept_language  # noqa: PLC0415
-
     return None if accept_language is None else language_from_accept_language(accept_language)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
+from telephony.call.metadata import sdp_of as raw_sdp
 from telephony.call.ports import MediaLeg, Timer
 from telephony.sip.dialog import Dialog, Uas2xxRetransmitter
 from telephony.sip.errors import SipError
@@ -68,8 +69,6 @@ def sdp_of(message: Request | Response) -> SessionDescription | None:
     if ctype.split(";")[0].strip().lower() == "application/sdp":
         raw: bytes | None = body
     else:
-        from telephony.call.metadata import sdp_of as raw_sdp  # noqa: PLC0415 - multipart only
-
         try:
             raw = raw_sdp(body, ctype)
         except SipError as err:

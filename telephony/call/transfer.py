@@ -134,6 +134,11 @@ class Transfer:
             self.sip_status = status
         return nxt
 
+    def skip(self, event: str, wall: float) -> None:
+        """Pass over the current destination without trying it (the prober has it down)."""
+        self.note(event, wall)
+        self.index += 1
+
     def note(self, event: str, wall: float, *, status: int | None = None) -> None:
         """Add a timeline entry that does not change the state (e.g. ``trying``)."""
         dest = self.destination

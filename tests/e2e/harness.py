@@ -18,12 +18,6 @@ from tests.peers.sipp import free_port
 TOKEN = "e2e-secret-token"
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _media_base() -> int:
     # an even base whose 200 ports are probably free: derived from a free port
     base = free_port() & ~1
@@ -33,7 +27,7 @@ def _media_base() -> int:
 @dataclass
 class Ports:
     sip: int = field(default_factory=free_port)
-    http: int = field(default_factory=free_tcp_port)
+    http: int = field(default_factory=lambda: free_port(socket.SOCK_STREAM))
     disp1: int = field(default_factory=free_port)
     disp2: int = field(default_factory=free_port)
     primary: int = field(default_factory=free_port)

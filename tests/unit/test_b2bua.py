@@ -88,7 +88,7 @@ def test_call_to_position_is_bridged_and_hangup_propagates(tmp_path: Path) -> No
 def test_api_transfer_fails_over_and_releases_dispatcher(tmp_path: Path) -> None:
     w = World(tmp_path, primary=486)
     call_id = w.connect()
-    t = w.core.start_transfer(call_id, now=w.net.now)
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
     w.net.advance(2.0)
     assert t.state is TState.COMPLETED
     assert [e.event for e in t.timeline][:3] == ["requested", "trying", "attempt failed"]
@@ -105,7 +105,7 @@ def test_ring_timeout_moves_on_and_cancels(tmp_path: Path) -> None:
     w = World(tmp_path, primary="ring")
     call_id = w.connect()
     start = w.net.now
-    t = w.core.start_transfer(call_id, now=start)
+    t = w.core.cold.start_transfer(call_id, now=start)
     w.net.advance(2.9)
     assert not w.backup.invites
     w.net.advance(0.15)
@@ -118,7 +118,7 @@ def test_ring_timeout_moves_on_and_cancels(tmp_path: Path) -> None:
 def test_whole_chain_failing_returns_caller_to_dispatcher(tmp_path: Path) -> None:
     w = World(tmp_path, primary=503, backup=486)
     call_id = w.connect()
-    t = w.core.start_transfer(call_id, now=w.net.now)
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
     w.net.run()  # no clock movement: the return to the dispatcher is immediate
     assert t.state is TState.FAILED and t.sip_status == 486
     assert w.bridged_to(w.disp1)
@@ -129,14 +129,14 @@ def test_whole_chain_failing_returns_caller_to_dispatcher(tmp_path: Path) -> Non
 def test_api_cancel_keeps_caller_with_dispatcher(tmp_path: Path) -> None:
     w = World(tmp_path, primary="ring")
     call_id = w.connect()
-    t = w.core.start_transfer(call_id, now=w.net.now)
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
     w.net.advance(0.5)
-    w.core.cancel_transfer(t.id, now=w.net.now)
+    w.core.cold.cancel_transfer(t.id, now=w.net.now)
     w.net.advance(0.5)
     assert t.state is TState.CANCELLED
     assert w.bridged_to(w.disp1)
     with pytest.raises(SipError) as exc:
-        w.core.cancel_transfer(t.id, now=w.net.now)
+        w.core.cold.cancel_transfer(t.id, now=w.net.now)
     assert exc.value.status == 409
 
 
@@ -181,7 +181,7 @@ def test_caller_hanging_up_during_transfer_is_abandonment(tmp_path: Path) -> Non
     records: list[tuple[str, dict[str, object]]] = []
     w.core.on_record = lambda event, call, fields: records.append((event, fields))
     call_id = w.connect()
-    t = w.core.start_transfer(call_id, now=w.net.now)
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
     w.net.advance(0.5)
     w.caller.in_dialog("BYE", HANDOFFD)
     w.net.advance(1.0)
@@ -234,7 +234,7 @@ def test_prober_marks_dead_destination_down_and_transfer_skips_it(tmp_path: Path
     assert w.core.down == {"988-primary"}
     assert prober.on_change == [("988-primary", False)]
     call_id = w.connect()
-    t = w.core.start_transfer(call_id, now=w.net.now)
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
     w.net.advance(1.0)
     assert "skipped: down" in [e.event for e in t.timeline]
     assert t.state is TState.COMPLETED and w.bridged_to(w.backup)
