@@ -57,8 +57,14 @@ class MediaPort(Protocol):
     def unbridge(self, leg: MediaLeg) -> None: ...
 
 
+def _nothing(_now: float) -> None:
+    """What a cancelled timer holds instead of its callback."""
+
+
 class Timer:
-    """A scheduled callback; :meth:`cancel` makes it a no-op."""
+    """A scheduled callback; :meth:`cancel` makes it a no-op and lets go of the callback at
+    once (its closure usually holds a leg, its media sockets and dialog: those must not live
+    on until the cancelled deadline would have passed)."""
 
     __slots__ = ("callback", "cancelled", "when")
 
@@ -69,10 +75,17 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _nothing
 
 
 class Timers:
-    """A heap of deadlines. ``handle_timer(now)`` runs every due callback with ``now``."""
+    """A heap of deadlines. ``handle_timer(now)`` runs every due callback with ``now``.
+
+    Cancelled entries stay in the heap until popped; every ``COMPACT_EVERY`` new timers the heap
+    is rebuilt without them when they are the majority (ring timers are cancelled far more often
+    than they fire)."""
+
+    COMPACT_EVERY = 4096
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
@@ -83,7 +96,14 @@ class Timers:
 
     def at(self, when: float, callback: Callable[[float], None]) -> Timer:
         timer = Timer(when, callback)
-        heapq.heappush(self._heap, (when, next(self._seq), timer))
+        seq = next(self._seq)
+        heap = self._heap
+        heapq.heappush(heap, (when, seq, timer))
+        if seq % self.COMPACT_EVERY == 0 and len(heap) > self.COMPACT_EVERY:
+            live = [e for e in heap if not e[2].cancelled]
+            if len(live) * 2 < len(heap):
+                heapq.heapify(live)
+                self._heap = live
         return timer
 
     def get_timer(self) -> float | None:
