@@ -34,14 +34,15 @@ from telephony.call.legs import (
     sdp_of,
 )
 from telephony.call.metadata import CallMetadata, capture, outbound_body, outbound_headers
+from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.transfer import TInput, Transfer
 from telephony.routing.model import MetadataPolicy
-from telephony.sip.dialog import AckTimedOut, Dialog, Uas2xxRetransmitter, request_key
+from telephony.sip.dialog import Dialog, request_key
 from telephony.sip.errors import SipError
 from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
 from telephony.sip.message import Request, Response, make_request, make_response, reason_phrase
-from telephony.sip.sdp import SessionDescription, answer_direction, direction, set_direction
+from telephony.sip.sdp import SessionDescription
 from telephony.sip.transaction import (
     CancelReceived,
     Endpoint,
@@ -131,9 +132,9 @@ class B2bua:
         self._pending: dict[TransactionKey, OnFinal] = {}
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
         self._server_invites: dict[TransactionKey, Leg] = {}
-        self._acks: dict[tuple[str, str, int], tuple[Request, Endpoint]] = {}
         self._own_call_ids: set[str] = set()
         self.cold = ColdTransfers(self)
+        self.offers = Offers(self)
 
     # -- clock ------------------------------------------------------------------------------
 
@@ -183,9 +184,7 @@ class B2bua:
 
     def _on_response(self, resp: Response, source: Endpoint, key: TransactionKey | None) -> None:
         if key is None:  # a 2xx retransmission after the transaction: ACK it again
-            found = self._acks.get((resp.call_id, resp.to.tag or "", resp.cseq.seq))
-            if found is not None:
-                self.sip.send_stateless(found[0], found[1])
+            self.offers.reack(resp)
             return
         handler = self._pending.get(key)
         if handler is None:
@@ -396,7 +395,9 @@ class B2bua:
         ack = dialog.create_ack(leg.invite.cseq.seq, self._via(leg.dest.transport))
         dest = endpoint_for(dialog.next_hop(), leg.dest.transport)
         self.sip.send_stateless(ack, dest)
-        self._remember_ack((dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq), ack, dest)
+        self.offers.remember_ack(
+            (dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq), ack, dest
+        )
         if leg.state is LegState.CONFIRMED or not leg.alive or leg.cancelled:
             # a forked second answer, or an answer that crossed our CANCEL: end that dialog
             self._send(dialog.create_request("BYE", self._via(leg.dest.transport)), dest, None)
@@ -466,16 +467,6 @@ class B2bua:
         bye = leg.dialog.create_request("BYE", self._via(leg.dest.transport))
         leg.state = LegState.ENDING
         self._send(bye, leg.request_dest(), lambda _r: self._leg_ended(leg))
-
-    def _remember_ack(self, key: tuple[str, str, int], ack: Request, dest: Endpoint) -> None:
-        """Keep our ACK for a 2xx long enough to answer its retransmissions (64*T1, the
-        longest a UAS retransmits, RFC 3261 §13.3.1.4), then forget it."""
-        self._acks[key] = (ack, dest)
-
-        def forget(_now: float) -> None:
-            self._acks.pop(key, None)
-
-        self.timers.at(self.now + 64 * self.timer_config.t1, forget)
 
     def _call_ended(self, call: Call) -> None:
         if call.id not in self.calls:
@@ -557,7 +548,7 @@ class B2bua:
         caller.dialog = dialog
         caller.state = LegState.CONFIRMED
         self._dialogs[dialog.key] = caller
-        self._send_2xx(caller, ok, response_destination(caller.invite.top_via, caller.dest))
+        self.offers.send_2xx(caller, ok, response_destination(caller.invite.top_via, caller.dest))
 
     def _dispatcher_answered(self, call: Call, leg: Leg) -> None:
         if not call.caller.alive:
@@ -567,7 +558,7 @@ class B2bua:
             self._answer_caller(call, leg)
             self._record("answered by dispatcher", call)
         else:  # a recall: the caller is up, talking to nobody; offer the dispatcher's SDP
-            self._reinvite(call.caller, leg.peer_sdp, hold=False)
+            self.offers.reinvite(call.caller, leg.peer_sdp, hold=False)
             self._record("returned to dispatcher", call)
         self._bridge(call, call.caller, leg)
         call.state = "connected"
@@ -605,7 +596,7 @@ class B2bua:
         elif call is None:
             self._respond(req, 481)
         elif method in ("INVITE", "UPDATE"):
-            self._relay_offer(call, leg, req, source)
+            self.offers.relay(call, leg, req, source)
         elif method == "REFER":
             self.cold.on_refer(call, leg, req)
         elif method in ("OPTIONS", "INFO", "NOTIFY"):
@@ -638,126 +629,6 @@ class B2bua:
         self._hangup(call.caller, 487)
         for other in call.legs:
             self._hangup(other)
-
-    def _relay_offer(self, call: Call, leg: Leg, req: Request, source: Endpoint) -> None:
-        """A re-INVITE/UPDATE from ``leg``: pass its offer to the bridged partner, the answer
-        back (hold and resume in both directions ride on this)."""
-        try:
-            offer = sdp_of(req)
-        except SipError as err:
-            self._respond(req, err.status)
-            return
-        if offer is None:
-            self._respond(req, 488, headers=(("Warning", '399 handoffd "offer required"'),))
-            return
-        leg.learn_sdp(offer)
-        reply_to = response_destination(req.top_via, source)
-        partner = call.partner(leg)
-        if partner is None or not partner.alive or partner.dialog is None:
-            answer = set_direction(offer, answer_direction(direction(offer)))
-            self._answer_offer(leg, req, leg.sdp_for(answer), reply_to)
-            return
-        try:
-            out = partner.dialog.create_request(
-                req.method,
-                self._via(partner.dest.transport),
-                body=partner.sdp_for(offer),
-                content_type="application/sdp",
-            )
-        except SipError:
-            self._respond(req, 491)
-            return
-
-        def done(resp: Response) -> None:
-            if req.method == "INVITE" and 200 <= resp.status < 300:
-                self._ack(partner, resp)
-            if resp.status >= 300 or not leg.alive:
-                self._respond(req, resp.status if resp.status >= 300 else 500)
-                return
-            try:
-                answer = sdp_of(resp)
-            except SipError:
-                answer = None
-            if answer is None:
-                self._respond(req, 488)
-                return
-            partner.learn_sdp(answer)
-            self._answer_offer(leg, req, leg.sdp_for(answer), reply_to)
-
-        self._send(out, partner.request_dest(), done)
-
-    def _answer_offer(self, leg: Leg, req: Request, body: bytes, dest: Endpoint) -> None:
-        headers = (
-            ("Contact", str(self._contact(leg.dest.transport))),
-            ("Content-Type", "application/sdp"),
-        )
-        ok = make_response(req, 200, headers=headers, body=body)
-        if req.method == "INVITE":
-            self._send_2xx(leg, ok, dest)
-        else:
-            self.sip.send_response(ok)
-
-    def _send_2xx(self, leg: Leg, ok: Response, dest: Endpoint) -> None:
-        assert leg.dialog is not None
-        self.sip.send_response(ok)
-        cfg = self.timer_config
-        leg.retrans = Uas2xxRetransmitter(
-            leg.dialog.key, ok.to_bytes(), self.now, cfg.t1, cfg.t2, cseq=ok.cseq.seq
-        )
-        self._arm_retrans(leg, dest)
-
-    def _arm_retrans(self, leg: Leg, dest: Endpoint) -> None:
-        r = leg.retrans
-        when = None if r is None else r.get_timer()
-        if r is None or when is None:
-            return
-
-        def fire(now: float) -> None:
-            for out in r.handle_timer(now):
-                if isinstance(out, AckTimedOut):
-                    leg.retrans = None
-                    call = self.calls.get(leg.call_tag)
-                    self._hangup(leg)
-                    if call is not None:
-                        self._peer_left(call, leg)
-                    return
-                self.sip.send_bytes(out.data, dest)
-            self._arm_retrans(leg, dest)
-
-        leg.retrans_timer = self.timers.at(when, fire)
-
-    def _ack(self, leg: Leg, resp: Response) -> None:
-        assert leg.dialog is not None
-        ack = leg.dialog.create_ack(resp.cseq.seq, self._via(leg.dest.transport))
-        dest = leg.request_dest()
-        self.sip.send_stateless(ack, dest)
-        self._remember_ack((resp.call_id, resp.to.tag or "", resp.cseq.seq), ack, dest)
-
-    def _reinvite(self, leg: Leg, sdp: SessionDescription | None, *, hold: bool) -> None:
-        """Offer ``sdp`` to ``leg`` on our own initiative (after a transfer or recall)."""
-        if sdp is None or leg.dialog is None or not leg.alive:
-            return
-        try:
-            req = leg.dialog.create_request(
-                "INVITE",
-                self._via(leg.dest.transport),
-                body=leg.sdp_for(sdp, hold=hold),
-                content_type="application/sdp",
-            )
-        except SipError:
-            return  # an INVITE is in progress on this leg; its answer will carry the media
-
-        def done(resp: Response) -> None:
-            if 200 <= resp.status < 300:
-                self._ack(leg, resp)
-                try:
-                    answer = sdp_of(resp)
-                except SipError:
-                    answer = None
-                if answer is not None:
-                    leg.learn_sdp(answer)
-
-        self._send(req, leg.request_dest(), done)
 
     # -- views and records ------------------------------------------------------------------
 

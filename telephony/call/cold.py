@@ -182,7 +182,7 @@ class ColdTransfers:
         if t.trigger == "invite":
             self.core._answer_caller(call, leg)
         elif _needs_reoffer(call.caller, leg):
-            self.core._reinvite(call.caller, leg.peer_sdp, hold=False)
+            self.core.offers.reinvite(call.caller, leg.peer_sdp, hold=False)
         self.core._bridge(call, call.caller, leg)
         self._notify(call, 200, "OK", final=True)
         disp = call.dispatcher
