@@ -137,6 +137,13 @@ class Headers:
         self._index = None
         self._cache.clear()
 
+    def shrink(self) -> None:
+        """Drop the name index and the parsed values; the lines stay and are parsed again if
+        asked. For messages kept for a long time but rarely read (a finished transaction waits
+        up to 32 s): the parsed form is dozens of objects the garbage collector would walk."""
+        self._index = None
+        self._cache = {}
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
 

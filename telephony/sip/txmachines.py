@@ -19,6 +19,7 @@ entries dominate). A timer whose duration is 0 (D, I, J, K on reliable transport
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -227,6 +228,12 @@ class Machine:
 # -- transactions ---------------------------------------------------------------------------
 
 
+#: states in which a transaction only absorbs retransmissions until a timer ends it (up to 64*T1)
+_WAITING = frozenset({State.COMPLETED, State.CONFIRMED, State.ACCEPTED})
+#: how long after reaching such a state its messages are shrunk (the TU has read them by then)
+SHRINK_AFTER = 2.0
+
+
 class Transaction:
     """One transaction: which machine, its state, and what it needs to retransmit."""
 
@@ -293,6 +300,18 @@ class Transaction:
             action(self, msg, source, now)
         if step.target is State.TERMINATED:
             self.core._terminated(self, inp, now)
+        elif step.target in _WAITING and state is not step.target:
+            self.core._settling.append((now + SHRINK_AFTER, self))
+
+    def shrink(self) -> None:
+        """Keep only the text of the messages this transaction holds (see
+        :meth:`Headers.shrink`); called once it has waited ``SHRINK_AFTER`` in a final state."""
+        self.request.headers.shrink()
+        if self.last_response is not None:
+            self.last_response.headers.shrink()
+        for sent in (self.ack_sent, self.last_sent, self.request_sent):
+            if sent is not None:
+                sent.message.headers.shrink()
 
     def __repr__(self) -> str:
         return f"<Transaction {self.machine.name} {self.state} {self.key.branch}>"
@@ -309,6 +328,8 @@ class TransactionCore:
         self._heap: list[tuple[float, int, Transaction, Input]] = []
         self._seq = 0
         self._stale = 0
+        # transactions that reached a final state, to shrink once the TU is done reading them
+        self._settling: deque[tuple[float, Transaction]] = deque()
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -339,6 +360,11 @@ class TransactionCore:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now`` (in deadline order)."""
+        settling = self._settling
+        while settling and settling[0][0] <= now:
+            tx = settling.popleft()[1]
+            if tx.state is not State.TERMINATED:
+                tx.shrink()
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, seq, tx, timer = heapq.heappop(heap)

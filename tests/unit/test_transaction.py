@@ -37,7 +37,7 @@ from telephony.sip.transaction import (
     TransportFailed,
     response_destination,
 )
-from telephony.sip.txmachines import State
+from telephony.sip.txmachines import SHRINK_AFTER, State
 
 UAC = Endpoint("udp", "127.0.0.1", 5070)
 UAS = Endpoint("udp", "127.0.0.1", 5080)
@@ -778,3 +778,29 @@ def test_transmits_name_their_transaction() -> None:
     assert layer.transmits()[0].key is None
     layer.transport_error(first.key, 0.6)
     assert [type(e) for e in layer.events()] == [RequestReceived, TransportFailed]
+
+
+def test_a_finished_transaction_keeps_only_text_and_still_answers_duplicates() -> None:
+    # A server transaction waits 64*T1 after its final response; after SHRINK_AFTER its messages
+    # drop their parsed form (the GC would walk it for 32 s) but duplicates get the same bytes.
+    w = Wire()
+    req = request("BYE")
+    w.uac.send_request(req, w.uas_ep, 0.0)
+    w.pump()
+    got = server_request(w).request
+    w.uas.send_response(make_response(got, 200), w.now)
+    w.pump()
+    assert got.headers._index is not None and got.headers._cache  # parsed while in use
+    w.uas.handle_timer(SHRINK_AFTER - 0.1)
+    assert got.headers._cache  # not yet
+    w.uas.handle_timer(SHRINK_AFTER + 0.1)
+    assert got.headers._index is None and not got.headers._cache
+    w.now = SHRINK_AFTER + 1
+    w.uas.receive(parse_message(req.to_bytes()), w.uac_ep, w.now)  # a late duplicate
+    w.pump()
+    answers = [t.data for side, t in w.sent if side == "uas"]
+    assert len(answers) == 2 and answers[0] == answers[1]
+    # the text is all still there: parsed again on demand
+    assert got.cseq.seq == 1 and got.top_via.branch == req.top_via.branch
+    w.advance(64 * T1 + 1)
+    assert w.uas._server == {}
