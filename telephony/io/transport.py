@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -24,6 +25,8 @@ from telephony.sip.transaction import Endpoint
 
 log = logging.getLogger("telephony.io")
 
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes: ~4,000 SIP datagrams
+
 MessageHandler = Callable[[Request | Response, Endpoint], None]
 FailureHandler = Callable[[Endpoint, Exception], None]
 
@@ -34,9 +37,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: Transports) -> None:
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
+        self.v6 = False  # bound to an IPv6 address (read once: sockname is a syscall)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        local = transport.get_extra_info("sockname")
+        self.v6 = local is not None and ":" in str(local[0])
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         source = Endpoint("udp", str(addr[0]), int(addr[1]))
@@ -126,9 +132,21 @@ class Transports:
 
     async def listen_udp(self, host: str, port: int) -> Endpoint:
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(host, port)
-        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            # a burst arriving while the loop is busy (a GC pass, a large reload) must wait in
+            # the kernel, not be dropped: ask for UDP_RECEIVE_BUFFER (the kernel caps it at
+            # net.core.rmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            sock.bind((host, port))
+            sock.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
         self._udp.append(proto)
         sock = transport.get_extra_info("sockname")
         return Endpoint("udp", str(sock[0]), int(sock[1]))
@@ -160,13 +178,14 @@ class Transports:
         stream.send(data)
 
     def _pick_udp(self, dest: Endpoint) -> _UdpProtocol:
+        udp = self._udp
+        if len(udp) == 1:
+            return udp[0]
         family_v6 = ":" in dest.host
-        for proto in self._udp:
-            assert proto.transport is not None
-            local = proto.transport.get_extra_info("sockname")
-            if (":" in str(local[0])) == family_v6:
+        for proto in udp:
+            if proto.v6 == family_v6:
                 return proto
-        return self._udp[0]
+        return udp[0]
 
     async def _connect(self, stream: _StreamProtocol, dest: Endpoint) -> None:
         loop = asyncio.get_running_loop()
