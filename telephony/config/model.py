@@ -23,7 +23,7 @@ LATCHES: tuple[Latch, ...] = ("any", "sdp-host", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-_SECTIONS = "sip http media trunks positions rules probe drain redis logging"
+_SECTIONS = "sip http media trunks positions rules probe drain redis records logging"
 TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
 SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
 HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
@@ -31,6 +31,21 @@ MEDIA_KEYS = ("host", "port_min", "port_max", "latch")
 TRUNK_KEYS = ("allow", "psap_id", "transfer_numbers", "triage_header")
 POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location")
 PROBE_KEYS = ("interval", "timeout", "down_after", "up_after")
+RECORDS_KEYS = (
+    "key_prefix",
+    "store_caller_number",
+    "store_location",
+    "hash_key_env",
+    "retention_days",
+    "stream_maxlen",
+    "queue_size",
+    "spool",
+    "answer_interval",
+)
+SPOOL_KEYS = ("dir", "fsync", "max_bytes")
+FSYNC_POLICIES = ("always", "batch", "never")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEY_PREFIX = re.compile(r"[!-~]{1,64}\Z")
 
 #: trunk, position and PSAP names: they end up as the user part of SIP URIs
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
@@ -144,6 +159,31 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """Transfer records in Redis and the local spool (docs/records.md)."""
+
+    #: keys and the stream all start with this (several daemons may share one Redis)
+    key_prefix: str = "handoff:"
+    #: PHI: store the caller's number / location in clear; otherwise a keyed hash (or nothing)
+    store_caller_number: bool = False
+    store_location: bool = False
+    #: environment variable holding the key for the caller-number hash (HMAC-SHA256)
+    hash_key_env: str = "HANDOFF_RECORDS_HASH_KEY"
+    #: how long call, transfer and event-id keys live in Redis
+    retention_days: float = 400.0
+    #: approximate length cap of the event stream (XADD MAXLEN ~)
+    stream_maxlen: int = 1_000_000
+    #: events waiting in memory for Redis before they go to the spool
+    queue_size: int = 10_000
+    #: the durable spool used while Redis is down or slow
+    spool_dir: Path = Path("var/spool")
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+    spool_max_bytes: int = 256 * 1024 * 1024
+    #: the KPI interval: a transfer "within interval" reached destination answer this fast
+    answer_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     sip: SipConfig = field(default_factory=SipConfig)
@@ -156,6 +196,7 @@ class Config:
     drain_timeout: float = 30.0
     retry_after: int = 30
     redis_url: str = DEFAULT_REDIS_URL
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     log_level: str = "info"
     log_phi: bool = False
 

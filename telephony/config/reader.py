@@ -12,13 +12,16 @@ from typing import Any, cast
 import yaml
 
 from telephony.config.model import (
+    _ENV_NAME,
     _HEADER_NAME,
     _HOSTNAME,
+    _KEY_PREFIX,
     _MEDIA_PAIRS_MIN,
     _NULL,
     _TOKEN_CHARS,
     DEFAULT_REDIS_URL,
     DEFAULT_TRANSFER_NUMBERS,
+    FSYNC_POLICIES,
     HTTP_KEYS,
     LATCHES,
     LOG_LEVELS,
@@ -28,7 +31,9 @@ from telephony.config.model import (
     NUMBER,
     POSITION_KEYS,
     PROBE_KEYS,
+    RECORDS_KEYS,
     SIP_KEYS,
+    SPOOL_KEYS,
     TOP_KEYS,
     TRANSPORTS,
     TRUNK_KEYS,
@@ -40,6 +45,7 @@ from telephony.config.model import (
     Network,
     Position,
     ProbeConfig,
+    RecordsConfig,
     SipConfig,
     SipTransport,
     Trunk,
@@ -214,6 +220,7 @@ class _Reader:
         drain_timeout = self._num(drain, "drain.timeout", 30.0, 0.0, 3600.0)
         retry_after = self._int(drain, "drain.retry_after", 30, 0, 86400)
         redis = self._redis(top.get("redis"))
+        records = self._records(top.get("records"))
         log = self._map(top.get("logging"), "logging", ("level", "phi"))
         level = self._choice(log, "logging.level", "info", LOG_LEVELS)
         phi = self._bool(log, "logging.phi", False)
@@ -221,7 +228,7 @@ class _Reader:
             self._clash(sip, http, top)
         if self.sink:
             return None
-        assert sip and http and media and rules and probe and redis and level
+        assert sip and http and media and rules and probe and redis and records and level
         assert drain_timeout is not None and retry_after is not None
         return Config(
             source=source,
@@ -235,6 +242,7 @@ class _Reader:
             drain_timeout=drain_timeout,
             retry_after=retry_after,
             redis_url=redis,
+            records=records,
             log_level=level,
             log_phi=phi,
         )
@@ -540,6 +548,44 @@ class _Reader:
             )
             return None
         return ProbeConfig(interval, timeout, down, up)
+
+    def _records(self, node: Node | None) -> RecordsConfig | None:
+        m = self._map(node, "records", RECORDS_KEYS)
+        spool = self._map(m.get("spool"), "records.spool", SPOOL_KEYS)
+        d = RecordsConfig()
+        before = len(self.sink)
+        prefix = self._text(
+            m, "records.key_prefix", d.key_prefix, _KEY_PREFIX, "1 to 64 visible characters"
+        )
+        env = self._text(
+            m, "records.hash_key_env", d.hash_key_env, _ENV_NAME, "an environment variable name"
+        )
+        retention = self._num(m, "records.retention_days", d.retention_days, 1.0, 36500.0)
+        maxlen = self._int(m, "records.stream_maxlen", d.stream_maxlen, 1000, 10**9)
+        queue = self._int(m, "records.queue_size", d.queue_size, 10, 10**7)
+        interval = self._num(m, "records.answer_interval", d.answer_interval, 1.0, 3600.0)
+        spool_dir = self._text(spool, "records.spool.dir", str(d.spool_dir))
+        fsync = self._choice(spool, "records.spool.fsync", d.spool_fsync, FSYNC_POLICIES)
+        cap = self._int(spool, "records.spool.max_bytes", d.spool_max_bytes, 4096, 10**12)
+        store_number = self._bool(m, "records.store_caller_number", d.store_caller_number)
+        store_location = self._bool(m, "records.store_location", d.store_location)
+        if len(self.sink) > before:
+            return None
+        assert prefix and env and retention and maxlen and queue and interval and cap
+        assert spool_dir is not None and fsync is not None
+        return RecordsConfig(
+            key_prefix=prefix,
+            store_caller_number=store_number,
+            store_location=store_location,
+            hash_key_env=env,
+            retention_days=retention,
+            stream_maxlen=maxlen,
+            queue_size=queue,
+            spool_dir=(self.base / Path(spool_dir).expanduser()).resolve(),
+            spool_fsync=cast(Any, fsync),
+            spool_max_bytes=cap,
+            answer_interval=interval,
+        )
 
     def _redis(self, node: Node | None) -> str | None:
         m = self._map(node, "redis", ("url",))

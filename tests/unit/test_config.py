@@ -21,7 +21,9 @@ from telephony.config import (
     MEDIA_KEYS,
     POSITION_KEYS,
     PROBE_KEYS,
+    RECORDS_KEYS,
     SIP_KEYS,
+    SPOOL_KEYS,
     TOP_KEYS,
     TRUNK_KEYS,
     Config,
@@ -127,6 +129,8 @@ def test_every_key_is_documented() -> None:
         ("probe", PROBE_KEYS),
         ("drain", ("timeout", "retry_after")),
         ("redis", ("url",)),
+        ("records", tuple(k for k in RECORDS_KEYS if k != "spool")),
+        ("records.spool", SPOOL_KEYS),
         ("logging", ("level", "phi")),
     ):
         assert f"### `{section.split('.')[0]}`" in docs
@@ -156,6 +160,7 @@ def test_there_is_a_vector_for_every_kind_of_mistake() -> None:
         "port-range-small",
         "position-collision",
         "rules-missing",
+        "records",
     }
 
 
