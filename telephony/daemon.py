@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from telephony import logs
 from telephony.api import create_app
 from telephony.api.control import ControlError, TransferRequest
 from telephony.call.b2bua import B2bua, Call
@@ -352,10 +353,7 @@ async def run(config: Config) -> int:
 
 
 def main(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    logs.configure(config.log_level, phi=config.log_phi)
     install_uvloop()
     # the daemon's objects live for the whole run: keep them out of the collector's way
     gc.collect()
