@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 
 from telephony.io.transport import Transports
@@ -37,6 +38,23 @@ def install_uvloop() -> bool:
     return True
 
 
+def _kind(msg: Request | Response) -> str:
+    """The metrics label of a message: its method (``"other"`` for methods we do not know: a
+    label must not take values from the network), or its status class (``"2xx"``)."""
+    if isinstance(msg, Request):
+        return msg.method if msg.method in _METHODS else "other"
+    return _CLASSES.get(msg.status // 100, "other")
+
+
+_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
+_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REFER", "NOTIFY",
+        "UPDATE", "INFO", "REGISTER", "SUBSCRIBE", "MESSAGE", "PRACK", "PUBLISH",
+    }
+)  # fmt: skip
+
+
 class SipStack:
     """One SIP endpoint: transports + transaction layer + timer, feeding events to ``handler``."""
 
@@ -48,6 +66,9 @@ class SipStack:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.local: list[Endpoint] = []
+        #: (direction "in"|"out", method or status class "2xx") -> messages, for metrics;
+        #: cached bytes sent again (a UAS core's 2xx, a re-ACK) count as kind "resent"
+        self.messages: defaultdict[tuple[str, str], int] = defaultdict(int)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -87,6 +108,7 @@ class SipStack:
 
     def send_bytes(self, data: bytes, dest: Endpoint) -> None:
         """Send already-serialized bytes (a UAS core's cached 2xx retransmission)."""
+        self.messages["out", "resent"] += 1
         self.transports.send(data, dest)
 
     def cancel(self, key: TransactionKey) -> TransactionKey | None:
@@ -103,6 +125,7 @@ class SipStack:
     # -- calls from the network and the clock ----------------------------------------------
 
     def _on_message(self, msg: Request | Response, source: Endpoint) -> None:
+        self.messages["in", _kind(msg)] += 1
         self.layer.receive(msg, source, self.now())
         self._pump()
 
@@ -120,7 +143,9 @@ class SipStack:
     def _pump(self) -> None:
         layer = self.layer
         send = self.transports.send
+        counts = self.messages
         for tx in layer.transmits():
+            counts["out", _kind(tx.message)] += 1
             send(tx.data, tx.dest)
         events = layer.events()
         for ev in events:
@@ -131,6 +156,7 @@ class SipStack:
         if events:
             # the handler may have sent messages through us; flush those too
             for tx in layer.transmits():
+                counts["out", _kind(tx.message)] += 1
                 send(tx.data, tx.dest)
         self._reschedule()
 
