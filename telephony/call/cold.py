@@ -203,8 +203,10 @@ class ColdTransfers:
             return
         call.destination = None
         if t.index + 1 < len(t.chain):
+            failed = t.destination
             t.step(TInput.ATTEMPT_FAILED, self.core.wall, status=status)
-            self.core._record("failover", call, sip_status=status)
+            label = failed.label if failed is not None else None
+            self.core._record("failover", call, sip_status=status, destination=label)
             self._try_next(call)
             return
         t.step(TInput.EXHAUSTED, self.core.wall, status=status)

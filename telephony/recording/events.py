@@ -116,11 +116,9 @@ def from_call(
     *,
     event_id: str,
     wall: float,
-    wall_offset: float,
 ) -> RecordEvent:
     """Freeze the call layer's report ``name`` about ``call`` (``fields``: sip_status, reason,
-    phase) into an event at wall-clock ``wall`` seconds; ``wall_offset`` turns the call's
-    monotonic times into wall-clock ones (``B2bua.wall_offset``)."""
+    phase, destination when it is not the transfer's current one) into an event at wall-clock ``wall`` seconds (``B2bua.wall``)."""
     kind = KIND_OF[name]
     t = call.transfer
     with_transfer = t is not None and kind not in ("call_offered", "answered_by_dispatcher")
@@ -150,12 +148,12 @@ def from_call(
         trigger=t.trigger if t is not None and with_transfer else None,
         mode=t.decision.mode if t is not None and with_transfer else None,
         triage_level=t.triage_level if t is not None and with_transfer else None,
-        destination=dest,
+        destination=fields.get("destination", dest),
         sip_status=fields.get("sip_status"),
         reason=fields.get("reason"),
         phase=phase,
         transfer_requested_ms=requested,
-        call_offered_ms=int((call.created_at + wall_offset) * 1000),
+        call_offered_ms=int(call.created_at * 1000),
         caller_number=meta.caller_number,
         location=location,
     )
