@@ -117,8 +117,9 @@ def from_call(
     event_id: str,
     wall: float,
 ) -> RecordEvent:
-    """Freeze the call layer's report ``name`` about ``call`` (``fields``: sip_status, reason,
-    phase, destination when it is not the transfer's current one) into an event at wall-clock ``wall`` seconds (``B2bua.wall``)."""
+    """Freeze the call layer's report ``name`` about ``call`` into an event at wall-clock
+    ``wall`` seconds (``B2bua.wall``). ``fields`` carries sip_status, reason, phase, and the
+    destination when it is not the transfer's current one."""
     kind = KIND_OF[name]
     t = call.transfer
     with_transfer = t is not None and kind not in ("call_offered", "answered_by_dispatcher")
