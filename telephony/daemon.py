@@ -29,6 +29,7 @@ from telephony.config import Config
 from telephony.io.stack import SipStack, install_uvloop
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
+from telephony.observe import Observer
 from telephony.routing import RulesError, load_rules
 from telephony.sip.errors import SipError
 from telephony.sip.transaction import Endpoint, Event, TimerConfig
@@ -83,6 +84,7 @@ class Daemon:
         self.relay = Relay(
             PortAllocator(media.host, media.port_min, media.port_max), latch=media.latch
         )
+        self.observer = Observer(config, redis_url=config.redis_url)
         self.core: B2bua | None = None
         self.prober: Prober | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -110,9 +112,11 @@ class Daemon:
             local=local,
             wall_offset=time.time() - loop.time(),
         )
+        self.observer.attach(self.core, self.stack, self.relay)
+        await self.observer.start()  # returns at once even when Redis is down (spooling)
         self.prober = Prober(self.core, self.config.probe)
         self.prober.start(self.rules, loop.time())
-        app = create_app(_Control(self), tokens=self._tokens)
+        app = create_app(_Control(self), tokens=self._tokens, metrics=self.observer.metrics.handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -156,6 +160,7 @@ class Daemon:
             await self._runner.cleanup()
         await self.stack.close()
         await self.relay.wait_closed()
+        await self.observer.stop()  # flushes to Redis, or to the spool within 5 s
         self._stopped.set()
 
     async def serve_forever(self) -> None:
@@ -163,7 +168,12 @@ class Daemon:
 
     def reload_rules(self) -> dict[str, Any]:
         """SIGHUP and POST /v1/admin/reload: swap in new rules, or keep the old ones."""
-        rules = load_rules(self.config.rules, trunks=tuple(self.config.trunks))
+        try:
+            rules = load_rules(self.config.rules, trunks=tuple(self.config.trunks))
+        except RulesError:
+            self.observer.metrics.rules_reloaded(ok=False)
+            raise
+        self.observer.metrics.rules_reloaded(ok=True)
         self.rules = rules
         if self.core is not None:
             self.core.rules = rules
