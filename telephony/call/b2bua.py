@@ -407,6 +407,7 @@ class B2bua:
         leg.stop_timers()
         leg.dialog = dialog
         leg.state = LegState.CONFIRMED
+        leg.answered = True
         self._dialogs[dialog.key] = leg
         try:
             sd = sdp_of(resp)
@@ -442,6 +443,8 @@ class B2bua:
             self._server_invites.pop(leg.invite_key, None)
         self._own_call_ids.discard(leg.sip_call_id if leg.uac else "")
         call = self.calls.get(leg.call_tag)
+        if call is not None and leg is call.dispatcher and call.transfer and leg.answered:
+            self._record("dispatcher left", call)  # it had answered: not a recall given up
         if call is not None and all(not x.alive for x in call.legs):
             self._call_ended(call)
 
@@ -620,7 +623,6 @@ class B2bua:
             if call.bridged is not None and leg in call.bridged:
                 call.bridged = None
             if t is not None and not t.done:
-                self._record("dispatcher left", call)
                 return  # the transfer goes on; a failure recalls the position
             if call.state == "transferred":
                 return

@@ -129,6 +129,7 @@ class Leg:
     on_answer: Callable[[Leg, Response], None] | None = None
     on_failure: Callable[[Leg, int, str], None] | None = None
     cancelled: bool = False
+    answered: bool = False  # a 2xx confirmed it (stays true once it ends)
     ended_by: str | None = None
 
     @property

@@ -50,6 +50,7 @@ def test_a_transfer_with_failover_is_recorded_step_by_step(tmp_path: Path) -> No
         "destination_ringing",
         "destination_answered",
         "completed",
+        "dispatcher_left",  # our BYE to the dispatcher's phone was answered
     ]
     assert offered.transfer_id is None and offered.mode is None  # nothing to do with a transfer
     assert offered.call_offered_ms == offered.at_ms
