@@ -21,9 +21,10 @@ system:
 	command -v python3 >/dev/null || missing="$$missing python3 python3-venv python3-pip"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
+	{ command -v prometheus && command -v promtool; } >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  $(APT) update && $(APT) install -y $$missing; \
+	  $(APT) update && $(APT) install -y --no-install-recommends $$missing; \
 	fi
 
 # uv builds .venv/ from pyproject.toml (+ uv.lock when present).
@@ -39,7 +40,7 @@ venv: uv
 	$(UV) sync --group dev
 
 # The daemon on the example config, with a local redis-server started here when none answers
-# (recording lands with the records issue; the daemon already takes --redis-url). Ctrl-C drains.
+# (transfer records go there; while it is down they wait in var/spool). Ctrl-C drains.
 run: setup
 	@redis-cli -p 6379 ping >/dev/null 2>&1 || \
 	  redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes

@@ -42,8 +42,16 @@ def write_setup(
     ring_timeout: float = 3.0,
     position_ring_timeout: float = 5.0,
     probe_interval: float = 0.0,
+    redis_url: str | None = None,
+    records: str = "",
 ) -> Path:
-    """Write ``root/handoffd.yaml`` and ``root/rules/*.yaml``; return the config path."""
+    """Write ``root/handoffd.yaml`` and ``root/rules/*.yaml``; return the config path.
+
+    ``redis_url``: where records go (default: a port nothing listens on, so records spool under
+    ``root/spool``); ``records``: extra YAML lines for the ``records`` section, indented by two.
+    """
+    if redis_url is None:
+        redis_url = f"redis://127.0.0.1:{free_port(socket.SOCK_STREAM)}/0"
     rules = root / "rules"
     rules.mkdir(parents=True, exist_ok=True)
     (rules / "00-destinations.yaml").write_text(
@@ -99,6 +107,11 @@ probe:
 drain:
   timeout: 5
   retry_after: 7
-"""
+redis:
+  url: {redis_url}
+records:
+  spool:
+    dir: spool
+{records}"""
     )
     return config
