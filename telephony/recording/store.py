@@ -44,6 +44,10 @@ BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 5.0
 #: a Redis round trip slower than this counts as Redis down (the batch goes to the spool)
 OP_TIMEOUT: Final = 3.0
+#: how long an applied event's id is remembered (seen key TTL), capped by the retention: a
+#: duplicate can only come from a batch re-sent or a spool replayed before its ack was written,
+#: i.e. within seconds of the first write, or at the next start after a crash
+DEDUP_TTL: Final = 14 * 86400
 #: how often the by_time zsets are trimmed of members older than the retention
 TRIM_EVERY: Final = 600.0
 
@@ -51,10 +55,11 @@ TRIM_EVERY: Final = 600.0
 #       7 discrepancy, 8 discrepancies:by_time
 # ARGV: 1 retention seconds, 2 stream maxlen, 3 the event as a JSON array of strings
 #       [field, value, field, value, ...] (PHI rule already applied; one argument instead of ~40
-#       keeps the client's command packing cheap, the array keeps the field order)
+#       keeps the client's command packing cheap, the array keeps the field order),
+#       4 seen-key TTL seconds
 APPLY_LUA: Final = r"""
 local ttl = ARGV[1]
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ttl) then
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
   return 0
 end
 local entry = cjson.decode(ARGV[3])
@@ -410,7 +415,8 @@ class Recorder:
         for name, value in fields.items():
             flat += (name, str(value))
         packed = json.dumps(flat, ensure_ascii=False, separators=(",", ":"))
-        return keys, [str(self.retention_s), str(self.records.stream_maxlen), packed]
+        dedup = min(self.retention_s, DEDUP_TTL)
+        return keys, [str(self.retention_s), str(self.records.stream_maxlen), packed, str(dedup)]
 
     def stored_fields(self, ev: RecordEvent) -> dict[str, Any]:
         """``ev.fields()`` as stored (stream entry and hashes): caller number in clear only with
