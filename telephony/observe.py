@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from telephony import __version__, logs
+from telephony.io.stack import COUNTED_METHODS, STATUS_CLASSES
 from telephony.metrics import Metrics
 from telephony.recording.events import EventIds, RecordEvent, from_call
 from telephony.recording.store import Recorder
@@ -38,6 +39,17 @@ _INFO_KINDS = frozenset(
         "abandoned",
         "returned_to_dispatcher",
     }
+)
+#: every SIP message label pair, reported at 0 until counted: a series first scraped at 1 would
+#: hide its first message (the one REFER of a quiet hour) from rate()
+_SIP_ZERO = dict.fromkeys(
+    [
+        (d, k)
+        for d in ("in", "out")
+        for k in (*sorted(COUNTED_METHODS), *STATUS_CLASSES.values(), "other")
+    ]
+    + [("out", "resent")],
+    0,
 )
 #: event fields that are safe to log (ids, labels, statuses; never the caller or location)
 _LOGGED = (
@@ -144,7 +156,7 @@ class Observer:
         return self.recorder.dropped
 
     def sip_messages(self) -> Mapping[tuple[str, str], int]:
-        return {} if self._stack is None else self._stack.messages
+        return {} if self._stack is None else {**_SIP_ZERO, **self._stack.messages}
 
     def rtp_packets(self) -> Mapping[str, int]:
         if self._relay is None:

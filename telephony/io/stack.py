@@ -42,12 +42,12 @@ def _kind(msg: Request | Response) -> str:
     """The metrics label of a message: its method (``"other"`` for methods we do not know: a
     label must not take values from the network), or its status class (``"2xx"``)."""
     if isinstance(msg, Request):
-        return msg.method if msg.method in _METHODS else "other"
-    return _CLASSES.get(msg.status // 100, "other")
+        return msg.method if msg.method in COUNTED_METHODS else "other"
+    return STATUS_CLASSES.get(msg.status // 100, "other")
 
 
-_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
-_METHODS = frozenset(
+STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
+COUNTED_METHODS = frozenset(
     {
         "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REFER", "NOTIFY",
         "UPDATE", "INFO", "REGISTER", "SUBSCRIBE", "MESSAGE", "PRACK", "PUBLISH",
