@@ -2,7 +2,10 @@
 
 ``handoffd --config FILE [--sip-listen HOST:PORT] [--http-listen HOST:PORT] [--redis-url URL]``
 runs the daemon (flags override the file). ``handoffctl check-config FILE`` validates a config
-and the rules it names; ``handoffctl route --explain ...`` shows which rule a call matches.
+and the rules it names; ``handoffctl route --explain ...`` shows which rule a call matches;
+``handoffctl events [--follow] ...`` prints the transfer event stream as JSON lines
+(:mod:`telephony.recording.follow`, docs/records.md); ``handoffctl report --from ... --to ...``
+writes the KPI report (:mod:`telephony.recording.report`, docs/report.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from telephony import __version__
+
+#: the ``handoffctl`` commands
+COMMANDS = ("check-config", "route", "events", "report")
 
 
 def _handoffd_parser() -> argparse.ArgumentParser:
@@ -61,12 +67,14 @@ def handoffctl_main(argv: Sequence[str] | None = None) -> int:
             "commands:\n"
             "  check-config FILE     validate a config file and the routing rules it names\n"
             "  route --explain ...   which routing rule a described call matches, and why\n"
+            "  events [--follow]     transfer events from Redis, one JSON object per line\n"
+            "  report --from --to    KPI report of 911 -> 988 transfers (table, csv, json)\n"
             "run 'handoffctl COMMAND --help' for a command's options"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"handoffctl {__version__}")
-    parser.add_argument("command", nargs="?", choices=("check-config", "route"))
+    parser.add_argument("command", nargs="?", choices=COMMANDS)
     if not args or args[0].startswith("-"):
         parser.parse_args(args)
         parser.print_help()
@@ -80,5 +88,13 @@ def handoffctl_main(argv: Sequence[str] | None = None) -> int:
         from telephony.routing.cli import main_explain  # noqa: PLC0415
 
         return main_explain(rest)
+    if command == "events":
+        from telephony.recording.follow import main_events  # noqa: PLC0415
+
+        return main_events(rest)
+    if command == "report":
+        from telephony.recording.report import main_report  # noqa: PLC0415
+
+        return main_report(rest)
     parser.parse_args(args)  # unknown command: argparse reports it (exit 2)
     return 2
