@@ -444,7 +444,10 @@ async def test_follow_tails_the_stream_and_acks_in_a_group(
 
 
 @pytest.mark.asyncio
-async def test_throughput_against_a_real_redis(tmp_path: Path, server: RedisServer, r: Any) -> None:
+async def test_a_burst_of_events_is_applied_without_spooling(
+    tmp_path: Path, server: RedisServer, r: Any
+) -> None:
+    """4,000 events submitted at once all reach Redis from the queue (speed: bench/recorder.py)."""
     rec = Recorder(config(tmp_path, queue_size=20_000), redis_url=server.url, hash_key=KEY)
     await rec.start()
     await until(lambda: rec.up, 5, "connected")
@@ -460,15 +463,11 @@ async def test_throughput_against_a_real_redis(tmp_path: Path, server: RedisServ
             e("destination_answered", call, 20, destination="988-primary", **tr),
             e("completed", call, 30, destination="988-primary", **tr),
         ]
-    t = time.perf_counter()
     for ev in evs:
         rec.submit(ev)
-    await until(lambda: rec.applied >= n, 15, "all applied")
-    rate = n / (time.perf_counter() - t)
+    await until(lambda: rec.applied >= n, 30, "all applied")
     await rec.stop(5)
-    print(f"recorder throughput: {rate:.0f} events/s")
-    assert rec.spooled == 0 and await r.xlen(f"{P}events") == n
-    assert rate > 1000
+    assert rec.spooled == 0 and rec.duplicates == 0 and await r.xlen(f"{P}events") == n
 
 
 def test_config_fields_used_exist() -> None:
