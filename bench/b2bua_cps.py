@@ -8,7 +8,9 @@ For every rate (calls/s) and every peer, one run of ``--duration`` seconds on 12
 handoffd   ``.venv/bin/handoffd --config FILE`` with a config written here: one trunk allowing
            127.0.0.0/8, position ``disp-1`` whose URI is the SIPp uas, media anchored through its
            own relay (SDP rewritten on both legs, relay ports allocated per call), probing off.
-           The uac calls ``sip:disp-1@127.0.0.1:PORT``.
+           The uac calls ``sip:disp-1@127.0.0.1:PORT``. It records every call to a real
+           redis-server (started once, pinned with SIPp to CPU 1), as in production;
+           ``--no-redis`` leaves Redis out, so its records go to its spool.
 sippy      sippy 2.5.0's full B2BUA (``python -m sippy.b2bua``, the ``b2bua`` console script):
            ``-f -u -A 0 -D -s 127.0.0.1:UAS`` = foreground, no RADIUS auth, no accounting, no
            digest auth, static route of every INVITE to the uas. With ``rtp.io`` importable
@@ -65,6 +67,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.peers.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "sipp_scenarios"
@@ -230,8 +235,9 @@ def sippy_has_rtpio() -> bool:
 
 
 def start_handoffd(
-    run_dir: Path, port: int, next_hop: int, cpu: int | None
+    run_dir: Path, port: int, next_hop: int, cpu: int | None, redis_url: str | None
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """``redis_url``: where it records (None: to nowhere, so its records go to its spool)."""
     rules = run_dir / "rules"
     shutil.copytree(ROOT / "routing_rules", rules)
     media_base = random.randrange(20000, 28000) & ~1  # below Linux's ephemeral range
@@ -259,6 +265,11 @@ positions:
 rules: rules
 probe:
   interval: 0
+redis:
+  url: {redis_url or "redis://127.0.0.1:1/0"}
+records:
+  spool:
+    dir: spool
 """
     )
     exe = ROOT / ".venv" / "bin" / "handoffd"
@@ -498,7 +509,7 @@ def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunR
         cpu_sipp,
     )
     if peer.name == "handoffd":
-        proc, log = start_handoffd(run_dir, p_port, uas_port, cpu_peer)
+        proc, log = start_handoffd(run_dir, p_port, uas_port, cpu_peer, args.redis_url)
     else:
         proc, log = start_sippy(run_dir, p_port, uas_port, cpu_peer, peer.media)
     sipps = [uas, d_uas]
@@ -733,6 +744,11 @@ def main() -> int:
     ap.add_argument("--keep-going", action="store_true", help="run a peer past its first failure")
     ap.add_argument("--keep-dir", action="store_true", help="keep the run directories")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="no redis-server for handoffd's records (they go to its spool)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.duration = 5
@@ -768,6 +784,14 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="b2bua_cps-"))
     results: list[RunResult] = []
     dead: set[str] = set()
+    redis, args.redis_url = None, None
+    if not args.no_redis and any(p.name == "handoffd" for p in peers):
+        redis = RedisServer(base / "redis")  # records, as in production; on the SIPp CPU
+        redis.start()
+        assert redis.proc is not None
+        pin(redis.proc.pid, None if args.no_pin else 1)
+        args.redis_url = redis.url
+    mach["records"] = "redis-server" if redis is not None else "spool (no redis)"
     try:
         for rate in rates:
             for p in peers:
@@ -782,6 +806,8 @@ def main() -> int:
                 if not r.clean and not args.keep_going:
                     dead.add(p.name)
     finally:
+        if redis is not None:
+            redis.stop()
         if args.keep_dir:
             print(f"run directories kept in {base}", file=sys.stderr)
         else:
