@@ -337,7 +337,7 @@ def transfer_view(t: Transfer) -> dict[str, Any]:
     return {
         "id": t.id,
         "call_id": t.call_id,
-        "mode": "cold",
+        "mode": t.mode,
         "state": t.state.value,
         "trigger": t.trigger,
         "destination": dest.label if dest is not None else None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from telephony.routing.model import Decision, Destination
+from telephony.routing.model import Decision, Destination, Mode
 from telephony.sip.errors import SipError
 
 Trigger = Literal["invite", "refer", "api"]
@@ -102,6 +102,7 @@ class Transfer:
     chain: tuple[Destination, ...]
     triage_level: int | None = None
     reason: str | None = None
+    mode: Mode = "cold"  # the mode this transfer runs in (the rule's is only a default)
     state: TState = TState.TRYING
     index: int = 0
     outcome: str | None = None

@@ -147,7 +147,7 @@ def from_call(
         incident_id=meta.incident_id,
         position=call.position.name if call.position is not None else None,
         trigger=t.trigger if t is not None and with_transfer else None,
-        mode=t.decision.mode if t is not None and with_transfer else None,
+        mode=t.mode if t is not None and with_transfer else None,
         triage_level=t.triage_level if t is not None and with_transfer else None,
         destination=fields.get("destination", dest),
         sip_status=fields.get("sip_status"),
