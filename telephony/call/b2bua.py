@@ -36,6 +36,7 @@ from telephony.call.legs import (
 from telephony.call.metadata import CallMetadata, capture, outbound_body, outbound_headers
 from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
+from telephony.call.registrar import PositionRegistrar
 from telephony.call.transfer import TInput, Transfer
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
@@ -63,10 +64,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("telephony.call")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, UPDATE, INFO, REGISTER"
 ACCEPT = "application/sdp, multipart/mixed, message/sipfrag"
 KEEP_ENDED = 256  # ended calls kept for the API (GET /v1/calls/{id} after the end)
 REFER_BYE_GRACE = 2.0  # after a REFER transfer, how long the dispatcher's phone has to send BYE
+RECALL_RETRY = 2.0  # no position can be called right now: look again after this long
 OnFinal = Callable[[Response], None]
 
 
@@ -135,6 +137,7 @@ class B2bua:
         self._own_call_ids: set[str] = set()
         self.cold = ColdTransfers(self)
         self.offers = Offers(self)
+        self.registrar = PositionRegistrar(self)
 
     # -- clock ------------------------------------------------------------------------------
 
@@ -143,11 +146,13 @@ class B2bua:
         return self.now + self.wall_offset
 
     def get_timer(self) -> float | None:
-        return self.timers.get_timer()
+        times = (self.timers.get_timer(), self.registrar.get_timer())
+        return min((t for t in times if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         self.now = now
         self.timers.handle_timer(now)
+        self.registrar.handle_timer(now)
 
     # -- SIP events -------------------------------------------------------------------------
 
@@ -216,6 +221,9 @@ class B2bua:
                 leg.retrans = None
                 if leg.retrans_timer is not None:
                     leg.retrans_timer.cancel()
+            return
+        if method == "REGISTER":  # before dialogs: some phones refresh with the 200's To tag
+            self.registrar.on_register(req, source)
             return
         dkey = request_key(req)
         if dkey is not None:
@@ -319,10 +327,12 @@ class B2bua:
         referred_by: str | None = None,
         cause: int | None = None,
         extra: tuple[tuple[str, str], ...] = (),
+        dest: Endpoint | None = None,
     ) -> Leg:
-        """Place an INVITE for ``call`` (the caller's offer, anchored on a new endpoint)."""
+        """Place an INVITE for ``call`` (the caller's offer, anchored on a new endpoint), sent to
+        ``dest`` (default: where ``target`` says, over ``transport``)."""
         media = self.media.open(f"{role}/{call.id}")
-        dest = endpoint_for(target, transport)
+        dest = dest if dest is not None else endpoint_for(target, transport)
         sip_call_id = f"{new_tag()}{new_tag()}@handoffd"
         self._own_call_ids.add(sip_call_id)
         caller_from = call.caller.invite.from_
@@ -499,13 +509,15 @@ class B2bua:
             accept_multipart=position.accept_multipart,
         )
         try:
+            target, dest = self.registrar.route(position)  # 480 when it cannot be reached
             leg = self._dial(
                 call,
                 "dispatcher",
-                position.uri,
-                position.transport,
+                target,
+                dest.transport,
                 policy=policy,
                 ring_timeout=self.config.sip.ring_timeout,
+                dest=dest,
             )
         except SipError as err:
             if recall:
@@ -567,14 +579,20 @@ class B2bua:
         call.state = "connected"
 
     def _recall_next(self, call: Call) -> None:
-        """Call the positions in turn until one answers or the caller hangs up."""
+        """Call the positions in turn until one answers or the caller hangs up; positions that
+        cannot be reached now (not registered, no ``uri``) are passed over, and when none can,
+        the round is tried again after ``RECALL_RETRY`` (the caller stays up)."""
         if not call.caller.alive:
             return
         positions = list(self.config.positions.values())
         start = positions.index(call.position) if call.position in positions else 0
-        nxt = positions[(start + call.recall_index) % len(positions)]
-        call.recall_index += 1
-        self._dial_position(call, nxt, recall=True)
+        for _ in positions:
+            nxt = positions[(start + call.recall_index) % len(positions)]
+            call.recall_index += 1
+            if self.registrar.available(nxt):
+                self._dial_position(call, nxt, recall=True)
+                return
+        self.timers.at(self.now + RECALL_RETRY, lambda _n: self._recall_next(call))
 
     def _bridge(self, call: Call, a: Leg, b: Leg) -> None:
         self.media.bridge(a.media, b.media)

@@ -23,13 +23,26 @@ LATCHES: tuple[Latch, ...] = ("any", "sdp-host", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-_SECTIONS = "sip http media trunks positions rules probe drain redis records logging"
+_SECTIONS = "sip http media trunks positions registrar rules probe drain redis records logging"
 TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
 SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
 HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
 MEDIA_KEYS = ("host", "port_min", "port_max", "latch")
 TRUNK_KEYS = ("allow", "psap_id", "transfer_numbers", "triage_header")
-POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location")
+POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location", "auth")
+AUTH_KEYS = ("username", "password", "password_env")
+REGISTRAR_KEYS = (
+    "realm",
+    "min_expires",
+    "max_expires",
+    "default_expires",
+    "max_contacts",
+    "qualify_interval",
+    "qualify_timeout",
+    "nonce_ttl",
+    "algorithms",
+    "require_qop",
+)
 PROBE_KEYS = ("interval", "timeout", "down_after", "up_after")
 RECORDS_KEYS = (
     "key_prefix",
@@ -137,15 +150,45 @@ class Trunk:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionAuth:
+    """Digest credentials a position's softphone registers with (docs/registrar.md)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
-    """A dispatcher position, selected by a Request-URI user equal to its name or a number."""
+    """A dispatcher position, selected by a Request-URI user equal to its name or a number.
+
+    Calls go to the contact its softphone registered (when ``auth`` is set and a live
+    registration exists), else to ``uri``; a position with neither is unavailable."""
 
     name: str
-    uri: URI
+    uri: URI | None
     numbers: tuple[str, ...] = ()
     transport: SipTransport = "udp"
     accept_multipart: bool = False
     share_location: bool = True
+    auth: PositionAuth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarConfig:
+    """The registrar positions' softphones REGISTER with (docs/registrar.md). Expiry values are
+    whole seconds; ``qualify_interval`` 0 turns OPTIONS qualify off."""
+
+    realm: str = "handoffd"
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 600
+    max_contacts: int = 4
+    qualify_interval: float = 30.0
+    qualify_timeout: float = 5.0
+    nonce_ttl: float = 300.0
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    #: refuse the RFC 2069 digest without qop (replayable until the nonce expires)
+    require_qop: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +234,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     trunks: Mapping[str, Trunk] = field(default_factory=lambda: MappingProxyType({}))
     positions: Mapping[str, Position] = field(default_factory=lambda: MappingProxyType({}))
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     rules: Path = Path("routing_rules")
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     drain_timeout: float = 30.0

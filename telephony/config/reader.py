@@ -19,6 +19,7 @@ from telephony.config.model import (
     _MEDIA_PAIRS_MIN,
     _NULL,
     _TOKEN_CHARS,
+    AUTH_KEYS,
     DEFAULT_REDIS_URL,
     DEFAULT_TRANSFER_NUMBERS,
     FSYNC_POLICIES,
@@ -32,6 +33,7 @@ from telephony.config.model import (
     POSITION_KEYS,
     PROBE_KEYS,
     RECORDS_KEYS,
+    REGISTRAR_KEYS,
     SIP_KEYS,
     SPOOL_KEYS,
     TOP_KEYS,
@@ -44,8 +46,10 @@ from telephony.config.model import (
     MediaConfig,
     Network,
     Position,
+    PositionAuth,
     ProbeConfig,
     RecordsConfig,
+    RegistrarConfig,
     SipConfig,
     SipTransport,
     Trunk,
@@ -56,6 +60,7 @@ from telephony.config.model import (
     split_hostport,
 )
 from telephony.routing.yamlnodes import FileProblems, kind, line_of
+from telephony.sip.auth import SUPPORTED_ALGORITHMS
 from telephony.sip.errors import ParseError
 from telephony.sip.uri import URI, parse_uri
 
@@ -63,6 +68,8 @@ from telephony.sip.uri import URI, parse_uri
 
 Node = yaml.Node
 Entries = dict[str, Node]
+#: digest usernames and realms: visible ASCII without quotes or backslashes (they are quoted)
+_AUTH_TEXT = re.compile(r"[!#-\[\]-~]+\Z")
 
 
 def _is_null(node: Node) -> bool:
@@ -84,6 +91,7 @@ class _Reader:
         self.trunk_names: list[str] = []
         self.rules: Path | None = None
         self.transfer_numbers: dict[str, tuple[str, int]] = {}  # number -> (trunk, line)
+        self.usernames: dict[str, tuple[str, int]] = {}  # digest username -> (position, line)
 
     def problems(self) -> list[str]:
         """Every problem, in line order (file-wide ones first)."""
@@ -214,6 +222,7 @@ class _Reader:
         media = self._media(top.get("media"))
         trunks = self._trunks(top["trunks"]) if "trunks" in top else {}
         positions = self._positions(top["positions"]) if "positions" in top else {}
+        registrar = self._registrar(top.get("registrar"))
         rules = self._rules(top["rules"]) if "rules" in top else None
         probe = self._probe(top.get("probe"))
         drain = self._map(top.get("drain"), "drain", ("timeout", "retry_after"))
@@ -229,6 +238,7 @@ class _Reader:
         if self.sink:
             return None
         assert sip and http and media and rules and probe and redis and records and level
+        assert registrar is not None
         assert drain_timeout is not None and retry_after is not None
         return Config(
             source=source,
@@ -237,6 +247,7 @@ class _Reader:
             media=media,
             trunks=MappingProxyType(trunks),
             positions=MappingProxyType(positions),
+            registrar=registrar,
             rules=rules,
             probe=probe,
             drain_timeout=drain_timeout,
@@ -464,8 +475,10 @@ class _Reader:
         self, name: str, node: Node, selects: dict[str, tuple[str, int]]
     ) -> Position | None:
         what = f"positions.{name}"
-        m = self._map(node, what, POSITION_KEYS, required=("uri",))
-        if not m:
+        m = self._map(node, what, POSITION_KEYS)
+        if "uri" not in m and "auth" not in m:
+            why = "give uri (where calls go), auth (so its softphone can register), or both"
+            self.p.add(node, f"{what}: {why}")
             return None
         before = len(self.sink)
         uri = self._uri(m["uri"], f"{what}.uri") if "uri" in m else None
@@ -490,11 +503,44 @@ class _Reader:
             self.p.add(m["uri"], f"{what}.uri: transport {transport!r} is not supported (udp, tcp)")
         multipart = self._bool(m, f"{what}.accept_multipart", False)
         location = self._bool(m, f"{what}.share_location", True)
-        if len(self.sink) > before or uri is None:
+        auth = self._auth(name, m["auth"]) if "auth" in m else None
+        if len(self.sink) > before or (uri is None and auth is None):
             return None
         return Position(
-            name, uri, tuple(numbers), cast(SipTransport, transport), multipart, location
+            name, uri, tuple(numbers), cast(SipTransport, transport), multipart, location, auth
         )
+
+    def _auth(self, name: str, node: Node) -> PositionAuth | None:
+        """``positions.NAME.auth``: a username (default: the position's name) and exactly one of
+        ``password`` and ``password_env`` (the variable must be set when the file is read)."""
+        what = f"positions.{name}.auth"
+        m = self._map(node, what, AUTH_KEYS)
+        if not m and not _is_null(node) and not isinstance(node, yaml.MappingNode):
+            return None  # reported: not a mapping
+        hint = "visible ASCII without spaces, quotes or backslashes"
+        user = self._text(m, f"{what}.username", name, _AUTH_TEXT, hint)
+        if user is not None and user in self.usernames:
+            other, line = self.usernames[user]
+            where = m.get("username", node)
+            self.p.add(
+                where,
+                f"{what}.username: {user!r} is position {other!r}'s username too (line {line})",
+            )
+        elif user is not None:
+            self.usernames[user] = (name, line_of(m.get("username", node)))
+        if ("password" in m) == ("password_env" in m):
+            self.p.add(node, f"{what}: give exactly one of password_env and password")
+            return None
+        if "password" in m:
+            password = self.p.text(m["password"], f"{what}.password")
+        else:
+            env = self._text(
+                m, f"{what}.password_env", "", _ENV_NAME, "an environment variable name"
+            )
+            password = self.env.get(env or "") or None
+            if env and password is None:
+                self.p.add(m["password_env"], f"{what}.password_env: {env} is not set (or empty)")
+        return None if user is None or password is None else PositionAuth(user, password)
 
     def _uri(self, node: Node, what: str) -> URI | None:
         text = self.p.text(node, what)
@@ -516,6 +562,52 @@ class _Reader:
         else:
             return uri
         return None
+
+    def _registrar(self, node: Node | None) -> RegistrarConfig | None:
+        m = self._map(node, "registrar", REGISTRAR_KEYS)
+        d = RegistrarConfig()
+        before = len(self.sink)
+        hint = "visible ASCII without quotes or backslashes"
+        realm = self._text(m, "registrar.realm", d.realm, _AUTH_TEXT, hint)
+        low = self._int(m, "registrar.min_expires", d.min_expires, 1, 86400)
+        high = self._int(m, "registrar.max_expires", d.max_expires, 1, 604800)
+        default = self._int(m, "registrar.default_expires", d.default_expires, 1, 604800)
+        contacts = self._int(m, "registrar.max_contacts", d.max_contacts, 1, 100)
+        interval = self._num(m, "registrar.qualify_interval", d.qualify_interval, 0.0, 3600.0)
+        timeout = self._num(m, "registrar.qualify_timeout", d.qualify_timeout, 0.05, 60.0)
+        ttl = self._num(m, "registrar.nonce_ttl", d.nonce_ttl, 1.0, 86400.0)
+        algorithms: list[str] = []
+        node_alg = m.get("algorithms")
+        for i, item in enumerate(
+            self._list(node_alg, "registrar.algorithms", "list one") if node_alg else ()
+        ):
+            text = self.p.text(item, f"registrar.algorithms[{i}]")
+            if text is not None and text not in SUPPORTED_ALGORITHMS:
+                choices = ", ".join(SUPPORTED_ALGORITHMS)
+                self.p.add(item, f"registrar.algorithms[{i}]: {text!r} is not one of {choices}")
+            elif text is not None and text not in algorithms:
+                algorithms.append(text)
+        if len(self.sink) > before:
+            return None
+        assert realm and low and high and default and contacts and ttl
+        assert interval is not None and timeout is not None
+        where = m.get("default_expires", m.get("max_expires", m.get("min_expires")))
+        if not low <= default <= high:
+            msg = "registrar: min_expires <= default_expires <= max_expires does not hold"
+            self.p.add(where, f"{msg} ({low}, {default}, {high})")
+            return None
+        if interval and timeout >= interval:
+            self.p.add(
+                m.get("qualify_timeout", m.get("qualify_interval")),
+                f"registrar.qualify_timeout ({timeout:g}) must be shorter than "
+                f"registrar.qualify_interval ({interval:g}); an interval of 0 turns qualify off",
+            )
+            return None
+        alg = tuple(algorithms) or d.algorithms
+        qop = self._bool(m, "registrar.require_qop", d.require_qop)
+        return RegistrarConfig(
+            realm, low, high, default, contacts, interval, timeout, ttl, alg, qop
+        )
 
     # -- the rest ------------------------------------------------------------------------------
 

@@ -44,11 +44,15 @@ def write_setup(
     probe_interval: float = 0.0,
     redis_url: str | None = None,
     records: str = "",
+    positions: str = "",
+    registrar: str = "",
 ) -> Path:
     """Write ``root/handoffd.yaml`` and ``root/rules/*.yaml``; return the config path.
 
     ``redis_url``: where records go (default: a port nothing listens on, so records spool under
-    ``root/spool``); ``records``: extra YAML lines for the ``records`` section, indented by two.
+    ``root/spool``); ``records``: extra YAML lines for the ``records`` section, indented by two;
+    ``positions``: more positions after disp-1 and disp-2, indented by two; ``registrar``: the
+    lines of a ``registrar`` section, indented by two.
     """
     if redis_url is None:
         redis_url = f"redis://127.0.0.1:{free_port(socket.SOCK_STREAM)}/0"
@@ -101,7 +105,8 @@ positions:
   disp-2:
     uri: sip:disp2@127.0.0.1:{ports.disp2}
     numbers: ["2002"]
-rules: rules
+{positions}registrar:
+{registrar}rules: rules
 probe:
   interval: {probe_interval}
 drain:

@@ -1,0 +1,248 @@
+"""End to end: SIPp softphones REGISTER with digest auth against a real handoffd and get the calls.
+
+Proves, over real UDP sockets with SIPp 3.6.1 as the phone (sipp_scenarios/uac-register.xml):
+
+- a phone registering as position disp-3 (no ``uri`` in the config) with the right password is
+  challenged (401), then accepted (200 listing the contact with ``;expires=``); a 911 caller's
+  INVITE (uac-911-caller) then reaches a SIPp UAS on the REGISTER's source port, although the
+  Contact names a port nobody listens on (the NAT case), and the call completes on both sides;
+- a wrong password, and an unknown user, get 403 and leave no binding;
+- a too brief expiry gets 423 with Min-Expires, another position's address-of-record 403, an
+  unknown one 404;
+- the binding expires on handoffd's clock, after which a call to the position gets 480;
+- a registered phone that goes away is found out by qualify (OPTIONS unanswered) and calls to a
+  position that also has a ``uri`` go there instead.
+
+SIPp 3.6.1 answers only the first challenge and only MD5 (docs/registrar.md), so the registrar
+offers MD5 alone here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from telephony.call.registrar import Reach
+from telephony.config import load_config
+from telephony.daemon import Daemon
+from telephony.sip.transaction import Endpoint
+from tests.e2e.harness import Ports, write_setup
+from tests.peers.redis import RedisServer
+from tests.peers.sipp import SippResult, free_port, start_sipp
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
+
+PASSWORD = "disp3-s3cret"
+
+
+def positions(disp4: int) -> str:
+    """disp-3 registers only (no uri); disp-4 registers as user 1004 and has a uri too."""
+    return f"""  disp-3:
+    numbers: ["2003"]
+    auth: {{password: {PASSWORD}}}
+  disp-4:
+    uri: sip:disp4@127.0.0.1:{disp4}
+    auth: {{username: "1004", password: four-s3cret}}
+"""
+
+
+NO_QUALIFY = "  algorithms: [MD5]\n  min_expires: 1\n  qualify_interval: 0\n"
+
+
+@asynccontextmanager
+async def handoffd(
+    root: Path, ports: Ports, redis: RedisServer, registrar: str, disp4: int = 9
+) -> AsyncIterator[Daemon]:
+    path = write_setup(
+        root / "etc",
+        ports,
+        redis_url=redis.url,
+        positions=positions(disp4),
+        registrar=registrar,
+    )
+    d = Daemon(load_config(path))
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+def _ok(res: SippResult, what: str) -> None:
+    assert res.returncode == 0, f"{what}: {res.stdout[-1500:]}{res.stderr[-1500:]}"
+
+
+async def register(
+    root: Path,
+    ports: Ports,
+    *,
+    phone_port: int,
+    contact: str,
+    user: str = "disp-3",
+    aor: str = "disp-3",
+    password: str = PASSWORD,
+    expires: int = 600,
+) -> SippResult:
+    """One uac-register run from ``phone_port``; its own directory keeps its files apart."""
+    work = root / f"register-{phone_port}-{expires}-{password}"
+    work.mkdir(parents=True, exist_ok=True)
+    inf = work / "register.csv"
+    inf.write_text(f"SEQUENTIAL\n{aor};{expires};{contact}\n")
+    run = await start_sipp(
+        "uac-register",
+        workdir=work,
+        local_port=phone_port,
+        remote=f"127.0.0.1:{ports.sip}",
+        timeout_s=10,
+        extra=("-inf", str(inf), "-au", user, "-ap", password),
+    )
+    return await run.wait(20)
+
+
+async def call_911(root: Path, ports: Ports, user: str, *, hold_ms: int = 1000) -> SippResult:
+    work = root / f"caller-{user}-{free_port()}"
+    work.mkdir(parents=True)
+    inf = work / "caller.csv"
+    inf.write_text(f"SEQUENTIAL\n{user};1;cpe-reg-0001\n")
+    run = await start_sipp(
+        "uac-911-caller",
+        workdir=work,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        timeout_s=30,
+        extra=("-inf", str(inf), "-d", str(hold_ms), "-mp", str(free_port() & ~1)),
+    )
+    return await run.wait(40)
+
+
+async def test_registered_phone_receives_the_911_call_at_its_register_source(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+        assert d.core is not None
+        phone_port, nat_port = free_port(), free_port()
+        res = await register(
+            tmp_path, ports, phone_port=phone_port, contact=f"127.0.0.1:{nat_port}"
+        )
+        _ok(res, "register")
+        assert res.count("Challenged(C)") == 1 and res.count("Registered(C)") == 1
+        [b] = d.core.registrar.machine.bindings("disp-3")
+        assert b.contact == f"sip:disp-3@127.0.0.1:{nat_port}"
+        assert b.source == Endpoint("udp", "127.0.0.1", phone_port)
+        # the phone now listens where it registered from (same socket a real phone keeps)
+        work = tmp_path / "phone"
+        work.mkdir()
+        phone = await start_sipp(
+            "uas-dispatcher", workdir=work, local_port=phone_port, calls=1, timeout_s=30
+        )
+        await asyncio.sleep(0.3)
+        caller = await call_911(tmp_path, ports, "2003")
+        answered = await phone.wait(30)
+        _ok(caller, "caller")
+        _ok(answered, "registered phone")
+        assert caller.count("SuccessfulCall(C)") == 1
+        assert answered.count("SuccessfulCall(C)") == 1 and answered.count("Bye(C)") == 1
+        [call] = d.core.ended.values()
+        assert call.position is not None and call.position.name == "disp-3"
+        disp = next(leg for leg in call.legs if leg.role == "dispatcher")
+        assert str(disp.invite.uri) == f"sip:disp-3@127.0.0.1:{nat_port}"
+        assert disp.dest == Endpoint("udp", "127.0.0.1", phone_port)
+
+
+async def test_wrong_password_is_403_and_binds_nothing(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+        assert d.core is not None
+        port = free_port()
+        res = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", password="guess"
+        )
+        _ok(res, "register")
+        assert res.count("Challenged(C)") == 1 and res.count("Forbidden(C)") == 1
+        assert res.count("Registered(C)") == 0
+        unknown = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", user="nobody"
+        )
+        assert unknown.count("Forbidden(C)") == 1  # the same answer for an unknown user
+        assert d.core.registrar.machine.bindings("disp-3") == []
+        caller = await call_911(tmp_path, ports, "disp-3")
+        assert caller.count("Status480(C)") == 1  # still nobody to ring
+
+
+async def test_too_brief_and_foreign_address_of_record(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    registrar = "  algorithms: [MD5]\n  min_expires: 30\n  qualify_interval: 0\n"
+    async with handoffd(tmp_path, ports, redis_server, registrar) as d:
+        assert d.core is not None
+        port = free_port()
+        brief = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", expires=5
+        )
+        _ok(brief, "too brief")
+        assert brief.count("TooBrief(C)") == 1
+        foreign = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", aor="disp-4"
+        )
+        assert foreign.count("Forbidden(C)") == 1
+        unknown = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", aor="disp-9"
+        )
+        assert unknown.count("NotFound(C)") == 1
+        assert d.core.registrar.machine.bindings("disp-3") == []
+
+
+async def test_the_binding_expires_and_then_the_position_is_unavailable(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+        assert d.core is not None
+        port = free_port()
+        res = await register(
+            tmp_path, ports, phone_port=port, contact=f"127.0.0.1:{port}", expires=2
+        )
+        _ok(res, "register")
+        assert len(d.core.registrar.machine.bindings("disp-3")) == 1
+        await asyncio.sleep(2.3)
+        assert d.core.registrar.machine.bindings("disp-3") == []  # the daemon's timer ran
+        caller = await call_911(tmp_path, ports, "disp-3")
+        assert caller.count("Status480(C)") == 1
+
+
+async def test_qualify_finds_a_vanished_phone_and_calls_go_to_the_uri(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    registrar = "  algorithms: [MD5]\n  qualify_interval: 0.5\n  qualify_timeout: 0.3\n"
+    async with handoffd(tmp_path, ports, redis_server, registrar, disp4=ports.disp2) as d:
+        assert d.core is not None
+        port = free_port()
+        res = await register(
+            tmp_path,
+            ports,
+            phone_port=port,
+            contact=f"127.0.0.1:{port}",
+            user="1004",
+            aor="1004",
+            password="four-s3cret",
+        )
+        _ok(res, "register")
+        assert res.count("Registered(C)") == 1
+        [b] = d.core.registrar.machine.bindings("disp-4")
+        assert b.state is Reach.REACHABLE
+        await asyncio.sleep(1.2)  # SIPp has exited: the OPTIONS to its port go unanswered
+        [b] = d.core.registrar.machine.bindings("disp-4")
+        assert b.state is Reach.UNREACHABLE
+        work = tmp_path / "desk"
+        work.mkdir()
+        desk = await start_sipp(
+            "uas-dispatcher", workdir=work, local_port=ports.disp2, calls=1, timeout_s=30
+        )
+        await asyncio.sleep(0.3)
+        caller = await call_911(tmp_path, ports, "disp-4")
+        _ok(caller, "caller")
+        _ok(await desk.wait(30), "the configured uri")
