@@ -16,6 +16,11 @@ SDP and its latched address) stays; the dispatcher's endpoint is swapped for the
 endpoint, which was opened earlier for the 988 INVITE's offer. The old endpoint comes back
 detached and still open, so a failed transfer can bridge it back (recall to the dispatcher).
 
+A warm handoff mixes three legs instead: :class:`telephony.media.conference.Conference` takes
+unbridged endpoints, and :meth:`LegEndpoint.set_tap` hands their accepted RTP to the mixer (RTCP
+absorbed) while :meth:`LegEndpoint.send_rtp` sends the mixed frames to the peer. Latching,
+validity checks and counters are the same. Outside a conference nothing is parsed or changed.
+
 Symmetric RTP latching (NAT traversal)
 --------------------------------------
 Each endpoint sends to its peer's SDP address (``c=`` host, ``m=`` port; RTCP on ``a=rtcp`` or
@@ -79,6 +84,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal, cast
 
@@ -168,6 +174,11 @@ class _RtpProtocol(asyncio.DatagramProtocol):
             return
         ep.rtp_packets_in += 1
         ep.rtp_bytes_in += n
+        if ep._watch is not None and data[1] & 0x7F == ep._watch_pt:  # a telephone-event
+            ep._watch(data)
+        if ep._tap is not None:  # in a conference: the mixer takes it
+            ep._tap(data)
+            return
         out = ep._sink
         if out is None or out._rtp_dst is None:
             ep.dropped_no_target += 1
@@ -205,6 +216,8 @@ class _RtcpProtocol(asyncio.DatagramProtocol):
             return
         ep.rtcp_packets_in += 1
         ep.rtcp_bytes_in += n
+        if ep._tap is not None:  # the mixer terminates the RTP session: absorbed, not a drop
+            return
         out = ep._rtcp_sink
         if out is None or out._rtcp_dst is None:
             ep.dropped_no_target += 1
@@ -257,6 +270,9 @@ class LegEndpoint:
         "_sdp_rtcp",
         "_sdp_rtp",
         "_sink",
+        "_tap",
+        "_watch",
+        "_watch_pt",
         "_wait_closed",
         "label",
         "latch",
@@ -275,6 +291,9 @@ class LegEndpoint:
         self._bridge: Bridge | None = None
         self._sink: LegEndpoint | None = None  # where accepted RTP goes (None: drop)
         self._rtcp_sink: LegEndpoint | None = None
+        self._tap: Callable[[bytes], None] | None = None  # set_tap (conference)
+        self._watch: Callable[[bytes], None] | None = None  # set_watch (DTMF feature codes)
+        self._watch_pt = -1
         self._sdp_host: str | None = None
         self._sdp_off = False  # SDP said port 0 / c=0.0.0.0: send nothing, latch or not
         self._sdp_rtp: Address | None = None
@@ -395,6 +414,35 @@ class LegEndpoint:
         self._rtcp_src = self._rtcp_latched = None
         self._retarget()
 
+    def set_watch(self, payload_type: int, watch: Callable[[bytes], None] | None) -> None:
+        """Also hand every accepted RTP packet of ``payload_type`` (a telephone-event type) to
+        ``watch``; the packet is relayed (or mixed) as before. None stops watching."""
+        self._watch, self._watch_pt = watch, payload_type if watch is not None else -1
+
+    def set_tap(self, tap: Callable[[bytes], None] | None) -> None:
+        """Hand every RTP packet accepted from the peer (after latching and counting) to
+        ``tap`` instead of a bridge, and absorb its RTCP; None restores normal relaying. For
+        :mod:`telephony.media.conference`: the endpoint must be open and not bridged, and
+        cannot be bridged while tapped."""
+        if tap is not None:
+            if self._closed:
+                raise MediaError("endpoint is closed")
+            if self._bridge is not None:
+                raise MediaError("endpoint is bridged")
+        self._tap = tap
+
+    def send_rtp(self, data: bytes) -> bool:
+        """Send one RTP packet to the peer (its latched or SDP address) from our RTP socket;
+        counted like relayed packets. False (``dropped_no_target``) when there is no target."""
+        dst = self._rtp_dst
+        if dst is None:
+            self.dropped_no_target += 1
+            return False
+        self._rtp_transport.sendto(data, dst)
+        self.rtp_packets_out += 1
+        self.rtp_bytes_out += len(data)
+        return True
+
     # ------------------------------------------------------------------ counters
 
     def stats(self) -> MediaCounters:
@@ -411,7 +459,7 @@ class LegEndpoint:
         if self._bridge is not None:
             self._bridge._endpoint_closing(self)
         self._closed = True
-        self._sink = self._rtcp_sink = None
+        self._sink = self._rtcp_sink = self._tap = None
         self._rtp_dst = self._rtcp_dst = None
         self._relay._endpoint_closed(self)
         if not hasattr(self, "_rtp_transport"):  # still attaching: _attach closes them
@@ -746,6 +794,8 @@ class Relay:
             raise MediaError("endpoint is closed")
         if ep._bridge is not None:
             raise MediaError("endpoint is already bridged")
+        if ep._tap is not None:
+            raise MediaError("endpoint is in a conference")
 
     def _endpoint_closed(self, ep: LegEndpoint) -> None:
         if ep in self._endpoints:
