@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +27,8 @@ from telephony.call.probe import Prober
 from telephony.call.transfer import Transfer
 from telephony.config import Config
 from telephony.io.stack import SipStack, install_uvloop
+from telephony.media.conference import Conference
+from telephony.media.dtmf import DigitDetector
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
 from telephony.observe import Observer
@@ -48,6 +50,10 @@ class RelayMedia:
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.conferences: dict[str, Conference] = {}
+        self._mixed: dict[LegEndpoint, Conference] = {}
+        #: where watched keys go (the daemon: into the call layer with the time)
+        self.on_key: Callable[[str, str], None] | None = None
 
     def open(self, label: str) -> MediaLeg:
         return self.relay.open_endpoint_nowait(label)
@@ -55,6 +61,7 @@ class RelayMedia:
     def bridge(self, a: MediaLeg, b: MediaLeg) -> None:
         ea, eb = _endpoint(a), _endpoint(b)
         for ep in (ea, eb):
+            self._unmix_one(ep)
             if ep.bridge is not None:
                 ep.bridge.unbridge()
         if ea.closed or eb.closed:
@@ -63,8 +70,45 @@ class RelayMedia:
 
     def unbridge(self, leg: MediaLeg) -> None:
         ep = _endpoint(leg)
+        self._unmix_one(ep)
         if ep.bridge is not None:
             ep.bridge.unbridge()
+
+    def mix(self, key: str, legs: Sequence[tuple[MediaLeg, int, int | None]]) -> None:
+        conf = self.conferences.get(key)
+        if conf is None:
+            conf = self.conferences[key] = Conference(key)
+        wanted = {_endpoint(leg): (codec, event) for leg, codec, event in legs}
+        for ep in conf.endpoints:
+            if ep not in wanted:
+                self._unmix_one(ep)
+        for ep, (codec, event) in wanted.items():
+            if ep.closed or self._mixed.get(ep) is conf:
+                continue
+            self._unmix_one(ep)
+            conf.add(ep, codec=codec, event_pt=event)
+            self._mixed[ep] = conf
+
+    def unmix(self, key: str) -> None:
+        conf = self.conferences.pop(key, None)
+        if conf is not None:
+            for ep in conf.close():
+                self._mixed.pop(ep, None)
+
+    def watch_keys(self, leg: MediaLeg, payload_type: int, key: str) -> None:
+        detector = DigitDetector(payload_type)
+
+        def watch(packet: bytes) -> None:
+            pressed = detector.feed(packet)
+            if pressed is not None and self.on_key is not None:
+                self.on_key(key, pressed)
+
+        _endpoint(leg).set_watch(payload_type, watch)
+
+    def _unmix_one(self, ep: LegEndpoint) -> None:
+        conf = self._mixed.pop(ep, None)
+        if conf is not None:
+            conf.remove(ep)
 
 
 def _endpoint(leg: MediaLeg) -> LegEndpoint:
@@ -104,9 +148,11 @@ class Daemon:
         for ls in self.config.sip.listen:
             self.sip_endpoints.append(await self.stack.listen(ls.transport, ls.host, ls.port))
         local = {ep.transport: ep for ep in reversed(self.sip_endpoints)}
+        media = RelayMedia(self.relay)
+        media.on_key = self._on_key
         self.core = B2bua(
             self.stack,
-            RelayMedia(self.relay),
+            media,
             self.config,
             self.rules,
             local=local,
@@ -206,6 +252,14 @@ class Daemon:
             return
         self.call_core(core.handle, ev, self.stack.now())
 
+    def _on_key(self, call_id: str, pressed: str) -> None:
+        """A key the dispatcher pressed (from the relay's datagram callback)."""
+        assert self.core is not None
+        try:
+            self.call_core(self.core.on_key, call_id, pressed, self.stack.now())
+        except Exception:  # never into the RTP socket's callback (it would close the socket)
+            log.exception("feature code handling failed", extra={"call_id": call_id})
+
     def call_core(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` (a core method) as the event handler would: no re-entry, timers kept."""
         self._busy = True
@@ -263,10 +317,6 @@ class _Control:
         return call_view(call)
 
     def start_transfer(self, call_id: str, request: TransferRequest) -> dict[str, Any]:
-        if request.mode != "cold":
-            raise ControlError(
-                501, f"mode {request.mode!r} is not available yet (cold only)", field="mode"
-            )
         core = self.core
         try:
             t = self.d.call_core(
@@ -275,6 +325,7 @@ class _Control:
                 destination=request.destination,
                 triage=request.triage_level,
                 reason=request.reason,
+                mode=request.mode,
                 now=self.d.stack.now(),
             )
         except SipError as err:
@@ -291,6 +342,22 @@ class _Control:
         core = self.core
         try:
             t = self.d.call_core(core.cold.cancel_transfer, transfer_id, now=self.d.stack.now())
+        except SipError as err:
+            raise _control_error(err) from None
+        return transfer_view(t)
+
+    def complete_transfer(self, transfer_id: str) -> dict[str, Any]:
+        core = self.core
+        try:
+            t = self.d.call_core(core.warm.complete, transfer_id, now=self.d.stack.now())
+        except SipError as err:
+            raise _control_error(err) from None
+        return transfer_view(t)
+
+    def conference_transfer(self, transfer_id: str) -> dict[str, Any]:
+        core = self.core
+        try:
+            t = self.d.call_core(core.warm.conference, transfer_id, now=self.d.stack.now())
         except SipError as err:
             raise _control_error(err) from None
         return transfer_view(t)

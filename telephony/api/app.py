@@ -42,7 +42,6 @@ _CODES = {
     415: "unsupported_media_type",
     422: "not_allowed",
     500: "internal_error",
-    501: "not_implemented",
     503: "unavailable",
 }
 _QUIET_ROUTES = frozenset({"/healthz", "/metrics", "/openapi.json"})
@@ -224,6 +223,14 @@ class _Api:
         transfer_id = request.match_info["transfer_id"]
         return web.json_response(self.control.cancel_transfer(transfer_id))
 
+    async def complete_transfer(self, request: web.Request) -> web.Response:
+        transfer_id = request.match_info["transfer_id"]
+        return web.json_response(self.control.complete_transfer(transfer_id))
+
+    async def conference_transfer(self, request: web.Request) -> web.Response:
+        transfer_id = request.match_info["transfer_id"]
+        return web.json_response(self.control.conference_transfer(transfer_id))
+
     async def reload(self, request: web.Request) -> web.Response:
         return web.json_response(self.control.reload_rules())
 
@@ -257,5 +264,7 @@ def create_app(
     r.add_post("/v1/calls/{call_id}/transfers", api.start_transfer)
     r.add_get("/v1/transfers/{transfer_id}", api.get_transfer)
     r.add_post("/v1/transfers/{transfer_id}/cancel", api.cancel_transfer)
+    r.add_post("/v1/transfers/{transfer_id}/complete", api.complete_transfer)
+    r.add_post("/v1/transfers/{transfer_id}/conference", api.conference_transfer)
     r.add_post("/v1/admin/reload", api.reload)
     return app

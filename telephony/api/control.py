@@ -43,8 +43,8 @@ class ControlError(Exception):
 
     Args:
         status: The HTTP status: 404 unknown call or transfer, 409 wrong state (e.g. cancelling
-            a transfer whose destination already answered), 422 not allowed (by rules or
-            policy), 501 mode not built yet, 503 draining or not started.
+            a completed transfer), 422 not allowed (by rules or policy), 503 draining or not
+            started.
         message: Human-readable text for the client. It is sent in the response body but never
             logged by the API, so it may name the call; it must not hold anything secret.
         field: The request field the problem is about (``"destination"``), if any.
@@ -85,8 +85,7 @@ class CallControl(Protocol):
         """Start a transfer of the call and return its view (``Transfer`` schema).
 
         Raises ``ControlError``: 404 unknown call, 409 call in the wrong state (already
-        transferring, not yet answered), 422 destination not allowed, 501 mode not built yet,
-        503 draining.
+        transferring, not yet answered), 422 destination not allowed, 503 draining.
         """
         ...
 
@@ -95,9 +94,19 @@ class CallControl(Protocol):
         ...
 
     def cancel_transfer(self, transfer_id: str) -> dict[str, Any]:
-        """Cancel a transfer before the destination answers (the caller stays with the
-        dispatcher) and return its view; ``ControlError(409)`` once the destination answered,
-        404 if unknown."""
+        """Cancel a transfer before it completes (the caller stays with the dispatcher) and
+        return its view: a cold one until the destination answers, a warm or consult one until
+        ``complete``. ``ControlError(409)`` after that, 404 if unknown."""
+        ...
+
+    def complete_transfer(self, transfer_id: str) -> dict[str, Any]:
+        """Hand a warm (in conference) or consult transfer over: the dispatcher leaves, caller
+        and counselor stay; returns its view. ``ControlError(409)`` naming the state in any
+        other state, 404 if unknown."""
+        ...
+
+    def conference_transfer(self, transfer_id: str) -> dict[str, Any]:
+        """Turn a consult into a three-way conference; 409 unless consulting, 404 if unknown."""
         ...
 
     def reload_rules(self) -> dict[str, Any]:

@@ -71,7 +71,10 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "Leg": _object(
         {
-            "role": {"type": "string", "enum": ["caller", "dispatcher", "destination"]},
+            "role": {
+                "type": "string",
+                "enum": ["caller", "dispatcher", "destination", "consult"],
+            },
             "sip_call_id": {"type": "string", "description": "The SIP Call-ID of this leg."},
             "state": {"type": "string", "description": "The leg's SIP state."},
             "peer": {"type": "string", "description": "transport:host:port of the far end."},
@@ -115,7 +118,10 @@ _SCHEMAS: dict[str, Any] = {
             "call_id": {"type": "string"},
             "mode": {"type": "string", "enum": list(MODES)},
             "state": {"type": "string", "enum": [state.value for state in TState]},
-            "trigger": {"type": "string", "enum": ["api", "refer", "invite"]},
+            "trigger": {
+                "type": "string",
+                "enum": ["api", "refer", "invite", "dtmf", "attended"],
+            },
             "destination": {**_NULLABLE_STRING, "description": "The destination being tried."},
             "triage_level": _NULLABLE_INT,
             "reason": _NULLABLE_STRING,
@@ -181,7 +187,6 @@ _RESPONSES: dict[str, Any] = {
         "Error", "A field is invalid or the request is not allowed; `field` names it."
     ),
     "InternalError": _json("Error", "An unexpected error (logged; no details in the body)."),
-    "NotImplemented": _json("Error", "The transfer mode is not available yet."),
     "Unavailable": _json("Error", "The daemon is starting or draining."),
 }
 
@@ -197,7 +202,6 @@ def _responses(ok: str, body: dict[str, Any], *errors: str) -> dict[str, Any]:
         "415": "UnsupportedMediaType",
         "422": "Unprocessable",
         "500": "InternalError",
-        "501": "NotImplemented",
         "503": "Unavailable",
     }
     for status in (*errors, "500", "503"):
@@ -291,7 +295,6 @@ _PATHS: dict[str, Any] = {
                 "413",
                 "415",
                 "422",
-                "501",
             ),
         },
     },
@@ -307,10 +310,33 @@ _PATHS: dict[str, Any] = {
         "parameters": [_TRANSFER_ID],
         "post": {
             "operationId": "cancelTransfer",
-            "summary": "Cancel before the destination answers (the caller stays)",
+            "summary": "Cancel before the handoff (the caller stays with the dispatcher)",
             "description": "Any request body is ignored.",
             "responses": _responses(
                 "200", _json("Transfer", "The cancelled transfer."), "404", "409"
+            ),
+        },
+    },
+    "/v1/transfers/{transfer_id}/complete": {
+        "parameters": [_TRANSFER_ID],
+        "post": {
+            "operationId": "completeTransfer",
+            "summary": "Warm or consult: the dispatcher leaves, caller and counselor stay",
+            "description": "Any request body is ignored. 409 (naming the state) unless the "
+            "transfer is in conference or consulting.",
+            "responses": _responses(
+                "200", _json("Transfer", "The completed transfer."), "404", "409"
+            ),
+        },
+    },
+    "/v1/transfers/{transfer_id}/conference": {
+        "parameters": [_TRANSFER_ID],
+        "post": {
+            "operationId": "conferenceTransfer",
+            "summary": "Consult: bring the held caller into a three-way conference",
+            "description": "Any request body is ignored. 409 unless the transfer is consulting.",
+            "responses": _responses(
+                "200", _json("Transfer", "The transfer, now in conference."), "404", "409"
             ),
         },
     },

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from telephony.call.attended import AttendedTransfers
 from telephony.call.cold import ColdTransfers, phase_of, triage_level
+from telephony.call.dtmf import FeatureCodes
 from telephony.call.legs import (
     Leg,
     LegState,
@@ -38,6 +40,7 @@ from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.registrar import PositionRegistrar
 from telephony.call.transfer import TInput, Transfer
+from telephony.call.warm import WarmTransfers, mix_formats
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
 from telephony.sip.errors import SipError
@@ -93,6 +96,8 @@ class Call:
     recall_index: int = 0
     ringing_sent: bool = False
     legs: list[Leg] = field(default_factory=list)
+    keys: FeatureCodes | None = None  # the dispatcher's feature codes (DTMF), when watched
+    consult: Leg | None = None  # the dispatcher phone's own call to 988 (attended transfer)
 
     def partner(self, leg: Leg) -> Leg | None:
         if self.bridged is None or leg not in self.bridged:
@@ -136,6 +141,8 @@ class B2bua:
         self._server_invites: dict[TransactionKey, Leg] = {}
         self._own_call_ids: set[str] = set()
         self.cold = ColdTransfers(self)
+        self.warm = WarmTransfers(self)
+        self.attended = AttendedTransfers(self)
         self.offers = Offers(self)
         self.registrar = PositionRegistrar(self)
 
@@ -249,6 +256,8 @@ class B2bua:
         if self.draining:
             self._respond(req, 503, headers=(("Retry-After", str(cfg.retry_after)),))
             return
+        if self.attended.consult_invite(req, source, key):
+            return  # a dispatcher's phone on a call with us calls 988: attended transfer
         trunk = cfg.trunk_for(source.host)
         if trunk is None:
             self._respond(req, 403, headers=(reason_header(403, "source not allowed"),))
@@ -453,8 +462,10 @@ class B2bua:
             self._server_invites.pop(leg.invite_key, None)
         self._own_call_ids.discard(leg.sip_call_id if leg.uac else "")
         call = self.calls.get(leg.call_tag)
-        if call is not None and leg is call.dispatcher and call.transfer and leg.answered:
-            self._record("dispatcher left", call)  # it had answered: not a recall given up
+        if call is not None and leg is call.dispatcher and leg.answered:
+            self.attended.phone_gone(leg)
+            if call.transfer:
+                self._record("dispatcher left", call)  # it had answered: not a recall given up
         if call is not None and all(not x.alive for x in call.legs):
             self._call_ended(call)
 
@@ -485,6 +496,8 @@ class B2bua:
         if call.id not in self.calls:
             return
         del self.calls[call.id]
+        if call.transfer is not None and call.transfer.mode != "cold":
+            self.media.unmix(call.id)
         for leg in call.legs:  # break leg -> callback -> call cycles: freed without the GC
             leg.on_ringing = leg.on_answer = leg.on_failure = None
         call.state = "ended"
@@ -544,7 +557,10 @@ class B2bua:
 
     def _answer_caller(self, call: Call, source: Leg) -> None:
         """200 to the caller's INVITE with ``source``'s SDP anchored on the caller's endpoint."""
-        caller = call.caller
+        self._answer(call.caller, source)
+
+    def _answer(self, caller: Leg, source: Leg) -> None:
+        """200 to ``caller``'s INVITE (a UAS leg) with ``source``'s SDP on its own endpoint."""
         assert source.peer_sdp is not None
         contact = self._contact(caller.dest.transport)
         body = caller.sdp_for(source.peer_sdp)
@@ -577,6 +593,42 @@ class B2bua:
             self._record("returned to dispatcher", call)
         self._bridge(call, call.caller, leg)
         call.state = "connected"
+        self._watch_keys(call, leg)
+        self.attended.phone_answered(call, leg)
+
+    def _watch_keys(self, call: Call, leg: Leg) -> None:
+        """Feature codes from the dispatcher's phone, when its leg has telephone-event."""
+        codes = self.config.dtmf.codes()
+        event_pt = mix_formats(leg)[1]
+        if codes and event_pt is not None:
+            call.keys = FeatureCodes(codes, self.config.dtmf.digit_timeout)
+            self.media.watch_keys(leg.media, event_pt, call.id)
+
+    def on_key(self, call_id: str, pressed: str, now: float) -> None:
+        """A key the dispatcher pressed (``MediaPort.watch_keys``): run the feature it completes.
+        A feature that does not apply now (e.g. ``cancel`` with no transfer) is logged only."""
+        self.now = now
+        call = self.calls.get(call_id)
+        if call is None or call.keys is None:
+            return
+        action = call.keys.feed(pressed, now)
+        if action is None:
+            return
+        t = call.transfer
+        try:
+            if action in ("warm", "consult", "cold"):
+                if call.state != "connected" or call.dispatcher is None:
+                    raise SipError(f"call is {call.state}", 409)
+                number = self.cold._default_number(call)
+                self.cold.start(call, "dtmf", called=number, mode=action)  # type: ignore[arg-type]
+            elif t is None or t.done:
+                raise SipError("no transfer in progress", 409)
+            elif action == "cancel":
+                self.cold.cancel_transfer(t.id)
+            else:
+                self.warm.complete(t.id)
+        except SipError as err:
+            log.info("feature code %s refused: %s", action, err.reason, extra={"call_id": call.id})
 
     def _recall_next(self, call: Call) -> None:
         """Call the positions in turn until one answers or the caller hangs up; positions that
@@ -641,10 +693,19 @@ class B2bua:
             if call.bridged is not None and leg in call.bridged:
                 call.bridged = None
             if t is not None and not t.done:
-                return  # the transfer goes on; a failure recalls the position
+                # in conference or consulting this completes the handoff; before an answer the
+                # transfer goes on (a failure recalls the position)
+                self.warm.dispatcher_left(call)
+                return
             if call.state == "transferred":
                 return
+        elif leg.role == "consult":  # the phone ended its consult call (or the REFER's dialog)
+            if leg is call.consult:
+                self.attended.consult_left(call)
+            return
         elif leg is call.destination:
+            if self.warm.destination_left(call):
+                return  # the counselor left before the handoff: caller back with the dispatcher
             call.destination = None
         self._hangup(call.caller, 487)
         for other in call.legs:

@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from telephony.call.legs import Leg, LegState, audio_index
+from telephony.call.legs import Leg, LegState, needs_reoffer
 from telephony.call.transfer import TInput, Transfer, Trigger, TState
 from telephony.routing.model import (
     CallDescription,
     Decision,
     Destination,
+    Mode,
     language_from_accept_language,
 )
 from telephony.sip.errors import SipError
@@ -43,10 +44,12 @@ class ColdTransfers:
         destination: str | None = None,
         triage: int | None = None,
         reason: str | None = None,
+        mode: Mode = "cold",
         now: float | None = None,
     ) -> Transfer:
-        """The HTTP hook: cold-transfer ``call_id``. Raises :class:`SipError` with the HTTP-ish
-        status: 404 unknown call, 409 not connected / transfer in progress, 403 no rule."""
+        """The HTTP hook: transfer ``call_id`` in ``mode`` (cold, warm, consult). Raises
+        :class:`SipError` with the HTTP-ish status: 404 unknown call, 409 not connected /
+        transfer in progress, 403 no rule."""
         if now is not None:
             self.core.now = now
         call = self.core.calls.get(call_id)
@@ -55,7 +58,7 @@ class ColdTransfers:
         if call.state != "connected" or call.dispatcher is None:
             raise SipError(f"call is {call.state}: only a connected call can be transferred", 409)
         called = destination if destination is not None else self._default_number(call)
-        return self.start(call, "api", called=called, triage=triage, reason=reason)
+        return self.start(call, "api", called=called, triage=triage, reason=reason, mode=mode)
 
     def _default_number(self, call: Call) -> str:
         numbers = call.trunk.transfer_numbers
@@ -70,6 +73,7 @@ class ColdTransfers:
         triage: int | None = None,
         reason: str | None = None,
         extra: tuple[tuple[str, str], ...] = (),
+        mode: Mode = "cold",
     ) -> Transfer:
         if call.transfer is not None and not call.transfer.done:
             raise SipError("a transfer is already in progress", 409, "peer")
@@ -84,6 +88,7 @@ class ColdTransfers:
             chain,
             triage_level=triage,
             reason=reason,
+            mode=mode,
         )
         t.note("requested", self.core.wall)
         call.transfer = t
@@ -170,6 +175,8 @@ class ColdTransfers:
             self._notify(call, 180, "Ringing", final=False)
             if t.trigger == "invite":
                 self.core._caller_ringing(call)
+            elif t.trigger == "attended":
+                self.core.attended.ringing(call)
 
     def _transfer_answered(self, call: Call, leg: Leg) -> None:
         t = call.transfer
@@ -179,9 +186,12 @@ class ColdTransfers:
         t.step(TInput.ANSWERED, self.core.wall, status=200)
         call.destination = leg
         self.core._record("destination answered", call)
+        if t.mode != "cold":
+            self.core.warm.answered(call, leg)
+            return
         if t.trigger == "invite":
             self.core._answer_caller(call, leg)
-        elif _needs_reoffer(call.caller, leg):
+        elif needs_reoffer(call.caller, leg):
             self.core.offers.reinvite(call.caller, leg.peer_sdp, hold=False)
         self.core._bridge(call, call.caller, leg)
         self._notify(call, 200, "OK", final=True)
@@ -217,6 +227,10 @@ class ColdTransfers:
         """The transfer failed or was cancelled: the caller goes back to the PSAP."""
         t = call.transfer
         assert t is not None
+        if t.mode != "cold":
+            self.core.media.unmix(call.id)
+        if t.trigger == "attended":
+            self.core.attended.over(call, status, reason)
         if t.trigger == "invite":
             self.core._fail_caller(call, status, reason)
             return
@@ -254,16 +268,16 @@ class ColdTransfers:
 
     def on_refer(self, call: Call, leg: Leg, req: Request) -> None:
         target = req.refer_to
+        if target is not None and target.uri.header("Replaces") is not None:
+            self.core.attended.on_refer(
+                call, leg, req, unquote(target.uri.header("Replaces") or "")
+            )
+            return
         if leg is not call.dispatcher or call.state != "connected":
             self.core._respond(req, 403 if leg is not call.dispatcher else 491)
             return
         if target is None:
             self.core._respond(req, 400, headers=(("Warning", '399 handoffd "Refer-To missing"'),))
-            return
-        if target.uri.header("Replaces") is not None:
-            self.core._respond(
-                req, 501, headers=(("Warning", '399 handoffd "attended transfer not available"'),)
-            )
             return
         embedded = tuple(
             (name, unquote(value))
@@ -308,20 +322,6 @@ class ColdTransfers:
             call.notify_leg = None
 
 
-def _needs_reoffer(caller: Leg, new_peer: Leg) -> bool:
-    """After a transfer: must the caller get a new offer? Yes when it is on hold through us, or
-    when the new party's answer starts with another payload type than the caller was given."""
-    if caller.held_by_us:
-        return True
-    sent, new = caller.sent_sdp, new_peer.peer_sdp
-    if sent is None or new is None:
-        return new is not None
-    i, j = audio_index(sent), audio_index(new)
-    if i is None or j is None:
-        return True
-    return sent.media[i].formats[:1] != new.media[j].formats[:1]
-
-
 _NOT_EMBEDDABLE = frozenset(
     {
         "via",
@@ -355,4 +355,6 @@ def phase_of(t: Transfer) -> str:
     return {
         TState.TRYING: "before destination ringing",
         TState.RINGING: "while ringing",
+        TState.CONFERENCE: "in conference",
+        TState.CONSULTING: "on consult hold",
     }.get(t.state, "after answer")

@@ -39,7 +39,7 @@ from telephony.sip.sdp import (
 from telephony.sip.transaction import Endpoint, TransactionKey
 from telephony.sip.uri import URI
 
-Role = Literal["caller", "dispatcher", "destination"]
+Role = Literal["caller", "dispatcher", "destination", "consult"]
 _session_ids = itertools.count(1)
 
 
@@ -220,3 +220,17 @@ def map_failure(status: int) -> int:
     if status < 400:
         return 480
     return status
+
+
+def needs_reoffer(caller: Leg, new_peer: Leg) -> bool:
+    """After a transfer: must the caller get a new offer? Yes when it is on hold through us, or
+    when the new party's answer starts with another payload type than the caller was given."""
+    if caller.held_by_us:
+        return True
+    sent, new = caller.sent_sdp, new_peer.peer_sdp
+    if sent is None or new is None:
+        return new is not None
+    i, j = audio_index(sent), audio_index(new)
+    if i is None or j is None:
+        return True
+    return sent.media[i].formats[:1] != new.media[j].formats[:1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from telephony.sip.message import Request, Response
@@ -55,6 +55,21 @@ class MediaPort(Protocol):
     def bridge(self, a: MediaLeg, b: MediaLeg) -> None: ...
 
     def unbridge(self, leg: MediaLeg) -> None: ...
+
+    def mix(self, key: str, legs: Sequence[tuple[MediaLeg, int, int | None]]) -> None:
+        """Make conference ``key`` mix exactly ``legs``: (endpoint, the payload type its peer
+        receives -- 0 PCMU or 8 PCMA --, its telephone-event payload type or None). Each leg
+        leaves any bridge first; legs no longer listed leave the mix, open and unbridged."""
+        ...
+
+    def unmix(self, key: str) -> None:
+        """End conference ``key`` (if any); its legs stay open and unbridged."""
+        ...
+
+    def watch_keys(self, leg: MediaLeg, payload_type: int, key: str) -> None:
+        """Report the RFC 4733 keys (telephone-events of ``payload_type``) that ``leg``'s peer
+        presses, each once, to ``B2bua.on_key(key, pressed, now)``; relaying is unchanged."""
+        ...
 
 
 def _nothing(_now: float) -> None:

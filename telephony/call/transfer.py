@@ -1,4 +1,4 @@
-"""The cold transfer state machine: one table, a timeline, no I/O.
+"""The transfer state machine (cold, warm, consult): one table, a timeline, no I/O.
 
 A :class:`Transfer` walks a destination chain. The controller (``telephony.call.b2bua``) feeds
 it what happened on the 988 leg and acts on the state it lands in; the machine itself only
@@ -6,6 +6,10 @@ decides the next state, counts the chain and keeps the timeline the API and the 
 
 Every trigger (an INVITE to the transfer number, a REFER from the dispatcher, the HTTP hook)
 uses the same machine; only what the controller does on ``answered`` and ``failed`` differs.
+A cold transfer goes ``answered -> completed`` at once. A warm one joins the answered counselor
+to caller and dispatcher (``conference``); a consult one holds the caller while dispatcher and
+counselor talk (``consulting``); both then complete (the dispatcher leaves), or are cancelled or
+lose the counselor (the caller stays with the dispatcher).
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from typing import Literal
 from telephony.routing.model import Decision, Destination, Mode
 from telephony.sip.errors import SipError
 
-Trigger = Literal["invite", "refer", "api"]
+Trigger = Literal["invite", "refer", "api", "dtmf", "attended"]
 
 
 class TState(Enum):
     TRYING = "trying"  # INVITE out to the current destination, nothing beyond 100 yet
     RINGING = "ringing"  # the current destination sent 180/183
     ANSWERED = "answered"  # a destination answered; the caller is being bridged to it
+    CONFERENCE = "conference"  # warm: caller, dispatcher and counselor hear each other
+    CONSULTING = "consulting"  # consult: caller held, dispatcher and counselor talk
     COMPLETED = "completed"  # caller and destination bridged, dispatcher released
     FAILED = "failed"  # every destination failed; the caller went back (or stayed) with the PSAP
     CANCELLED = "cancelled"  # the dispatcher (API) called it off before an answer
@@ -35,9 +41,13 @@ class TInput(Enum):
     ANSWERED = "answered"
     ATTEMPT_FAILED = "attempt failed"  # this destination failed and another one is left
     EXHAUSTED = "exhausted"  # this destination failed and none is left
+    JOIN = "joined"  # warm: the counselor is mixed in with caller and dispatcher
+    HOLD = "consult"  # consult: the caller is held, dispatcher and counselor bridged
+    MIX = "conference"  # consult -> all three mixed
     COMPLETE = "complete"
     CANCEL = "cancel"
     CALLER_GONE = "caller gone"
+    DESTINATION_GONE = "destination left"  # the counselor hung up before completion
 
 
 S, In = TState, TInput
@@ -51,6 +61,17 @@ TABLE: dict[tuple[TState, TInput], TState] = {
     (S.TRYING, In.EXHAUSTED): S.FAILED,
     (S.RINGING, In.EXHAUSTED): S.FAILED,
     (S.ANSWERED, In.COMPLETE): S.COMPLETED,
+    (S.ANSWERED, In.JOIN): S.CONFERENCE,
+    (S.ANSWERED, In.HOLD): S.CONSULTING,
+    (S.CONSULTING, In.MIX): S.CONFERENCE,
+    (S.CONFERENCE, In.COMPLETE): S.COMPLETED,
+    (S.CONSULTING, In.COMPLETE): S.COMPLETED,
+    (S.CONFERENCE, In.CANCEL): S.CANCELLED,
+    (S.CONSULTING, In.CANCEL): S.CANCELLED,
+    (S.CONFERENCE, In.DESTINATION_GONE): S.FAILED,
+    (S.CONSULTING, In.DESTINATION_GONE): S.FAILED,
+    (S.CONFERENCE, In.CALLER_GONE): S.ABANDONED,
+    (S.CONSULTING, In.CALLER_GONE): S.ABANDONED,
     (S.TRYING, In.CANCEL): S.CANCELLED,
     (S.RINGING, In.CANCEL): S.CANCELLED,
     (S.TRYING, In.CALLER_GONE): S.ABANDONED,

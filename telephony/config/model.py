@@ -23,7 +23,7 @@ LATCHES: tuple[Latch, ...] = ("any", "sdp-host", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-_SECTIONS = "sip http media trunks positions registrar rules probe drain redis records logging"
+_SECTIONS = "sip http media trunks positions registrar rules probe drain redis records logging dtmf"
 TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
 SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
 HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
@@ -56,6 +56,9 @@ RECORDS_KEYS = (
     "answer_interval",
 )
 SPOOL_KEYS = ("dir", "fsync", "max_bytes")
+DTMF_KEYS = ("warm", "consult", "cold", "complete", "cancel", "digit_timeout")
+#: the feature-code actions, in DTMF_KEYS order
+DTMF_ACTIONS = ("warm", "consult", "cold", "complete", "cancel")
 FSYNC_POLICIES = ("always", "batch", "never")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEY_PREFIX = re.compile(r"[!-~]{1,64}\Z")
@@ -227,6 +230,24 @@ class RecordsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfConfig:
+    """Feature codes the dispatcher keys on the phone (RFC 4733 telephone-events on the
+    dispatcher's leg). An empty code turns that feature off; codes are prefix-free."""
+
+    warm: str = "*8"
+    consult: str = "*7"
+    cold: str = "*9"
+    complete: str = "*0"
+    cancel: str = "#"
+    #: seconds between two digits of one code before the digits so far are dropped
+    digit_timeout: float = 3.0
+
+    def codes(self) -> dict[str, str]:
+        """code -> action, the features that are on."""
+        return {code: action for action in DTMF_ACTIONS if (code := getattr(self, action))}
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     sip: SipConfig = field(default_factory=SipConfig)
@@ -243,6 +264,7 @@ class Config:
     records: RecordsConfig = field(default_factory=RecordsConfig)
     log_level: str = "info"
     log_phi: bool = False
+    dtmf: DtmfConfig = field(default_factory=DtmfConfig)
 
     def trunk_for(self, host: str) -> Trunk | None:
         """The first trunk (in file order) whose allow list holds the source address ``host``."""

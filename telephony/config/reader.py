@@ -22,6 +22,8 @@ from telephony.config.model import (
     AUTH_KEYS,
     DEFAULT_REDIS_URL,
     DEFAULT_TRANSFER_NUMBERS,
+    DTMF_ACTIONS,
+    DTMF_KEYS,
     FSYNC_POLICIES,
     HTTP_KEYS,
     LATCHES,
@@ -40,6 +42,7 @@ from telephony.config.model import (
     TRANSPORTS,
     TRUNK_KEYS,
     Config,
+    DtmfConfig,
     HttpConfig,
     Latch,
     Listen,
@@ -74,6 +77,10 @@ _AUTH_TEXT = re.compile(r"[!#-\[\]-~]+\Z")
 
 def _is_null(node: Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+
+#: a DTMF feature code: up to 8 keys; empty turns the feature off
+_DTMF_CODE = re.compile(r"\A[0-9*#A-Da-d]{0,8}\Z")
 
 
 class _Reader:
@@ -233,12 +240,13 @@ class _Reader:
         log = self._map(top.get("logging"), "logging", ("level", "phi"))
         level = self._choice(log, "logging.level", "info", LOG_LEVELS)
         phi = self._bool(log, "logging.phi", False)
+        dtmf = self._dtmf(top.get("dtmf"))
         if sip is not None and http is not None:
             self._clash(sip, http, top)
         if self.sink:
             return None
         assert sip and http and media and rules and probe and redis and records and level
-        assert registrar is not None
+        assert registrar is not None and dtmf is not None
         assert drain_timeout is not None and retry_after is not None
         return Config(
             source=source,
@@ -256,6 +264,7 @@ class _Reader:
             records=records,
             log_level=level,
             log_phi=phi,
+            dtmf=dtmf,
         )
 
     def _sip(self, node: Node | None) -> SipConfig | None:
@@ -622,6 +631,31 @@ class _Reader:
             return None
         self.rules = path
         return path
+
+    def _dtmf(self, node: Node | None) -> DtmfConfig | None:
+        m = self._map(node, "dtmf", DTMF_KEYS)
+        d = DtmfConfig()
+        codes: dict[str, str] = {}
+        for action in DTMF_ACTIONS:
+            code = self._text(
+                m, f"dtmf.{action}", getattr(d, action), _DTMF_CODE, "use up to 8 of 0-9 * # A-D"
+            )
+            if code is not None:
+                codes[action] = code.upper()
+        timeout = self._num(m, "dtmf.digit_timeout", d.digit_timeout, 0.5, 30.0)
+        if timeout is None or len(codes) < len(DTMF_ACTIONS):
+            return None
+        on = {a: c for a, c in codes.items() if c}
+        for a, code in on.items():
+            for b, other in on.items():
+                if a != b and other.startswith(code):
+                    self.p.add(
+                        m.get(b, m.get(a, node)),
+                        f"dtmf.{b}: {other!r} starts with dtmf.{a} {code!r}: "
+                        "feature codes must not be prefixes of each other",
+                    )
+                    return None
+        return DtmfConfig(**codes, digit_timeout=timeout)
 
     def _probe(self, node: Node | None) -> ProbeConfig | None:
         m = self._map(node, "probe", PROBE_KEYS)

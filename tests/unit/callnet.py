@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from telephony.sip.dialog import Dialog
 from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
@@ -154,6 +155,10 @@ class FakeMedia:
     next_port: int = 40000
     handles: list[MediaHandle] = field(default_factory=list)
     bridges: list[tuple[MediaHandle, MediaHandle]] = field(default_factory=list)
+    #: conference key -> [(handle, codec, telephone-event pt)] being mixed
+    mixes: dict[str, list[tuple[MediaHandle, int, int | None]]] = field(default_factory=dict)
+    #: (handle, telephone-event payload type, call id) whose keys are reported
+    watched: list[tuple[MediaHandle, int, str]] = field(default_factory=list)
 
     def open(self, label: str) -> MediaHandle:
         h = MediaHandle("127.0.0.1", self.next_port, label)
@@ -162,11 +167,34 @@ class FakeMedia:
         return h
 
     def bridge(self, a: MediaHandle, b: MediaHandle) -> None:  # type: ignore[override]
+        self._unmix(a, b)
         self.bridges = [(x, y) for x, y in self.bridges if not {id(x), id(y)} & {id(a), id(b)}]
         self.bridges.append((a, b))
 
     def unbridge(self, leg: MediaHandle) -> None:  # type: ignore[override]
+        self._unmix(leg)
         self.bridges = [(x, y) for x, y in self.bridges if leg not in (x, y)]
+
+    def mix(self, key: str, legs: Any) -> None:
+        handles = [h for h, _, _ in legs]
+        for other, parties in self.mixes.items():
+            if other != key:
+                parties[:] = [p for p in parties if p[0] not in handles]
+        self.bridges = [(x, y) for x, y in self.bridges if x not in handles and y not in handles]
+        self.mixes[key] = list(legs)
+
+    def unmix(self, key: str) -> None:
+        self.mixes.pop(key, None)
+
+    def watch_keys(self, leg: MediaHandle, payload_type: int, key: str) -> None:
+        self.watched.append((leg, payload_type, key))
+
+    def _unmix(self, *handles: MediaHandle) -> None:
+        for parties in self.mixes.values():
+            parties[:] = [p for p in parties if p[0] not in handles]
+
+    def mixed(self, key: str) -> list[MediaHandle]:
+        return [h for h, _, _ in self.mixes.get(key, [])]
 
     def partner(self, h: MediaHandle) -> MediaHandle | None:
         for x, y in self.bridges:

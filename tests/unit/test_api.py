@@ -137,8 +137,6 @@ class FakeControl:
         self._check()
         call = self._call(call_id)
         self.requests.append((call_id, request))
-        if request.mode != "cold":
-            raise ControlError(501, f"mode {request.mode!r} is not available yet", field="mode")
         if request.destination == "forbidden":
             raise ControlError(422, "destination not allowed for this call", field="destination")
         current = self.transfers.get(call["transfer_id"] or "")
@@ -175,6 +173,24 @@ class FakeControl:
         view["timeline"].append(
             {"event": "cancelled", "at": 1_700_000_002.0, "destination": None, "sip_status": 487}
         )
+        return view
+
+    def complete_transfer(self, transfer_id: str) -> dict[str, Any]:
+        self._check()
+        view = self._transfer(transfer_id)
+        if view["state"] not in ("conference", "consulting"):
+            raise ControlError(409, f"transfer is {view['state']}: it cannot be completed now")
+        view["state"] = view["outcome"] = "completed"
+        return view
+
+    def conference_transfer(self, transfer_id: str) -> dict[str, Any]:
+        self._check()
+        view = self._transfer(transfer_id)
+        if view["state"] != "consulting":
+            raise ControlError(
+                409, f"transfer is {view['state']}: only a consult can be conferenced"
+            )
+        view["state"] = "conference"
         return view
 
     def answer(self, transfer_id: str) -> None:
@@ -553,8 +569,6 @@ async def test_body_over_64k_is_413(client: Client, control: FakeControl) -> Non
 
 @pytest.mark.asyncio
 async def test_start_transfer_control_errors(client: Client, control: FakeControl) -> None:
-    err = await _error(await _transfer(client, {"mode": "warm"}), 501)
-    assert err["field"] == "mode" and err["code"] == "not_implemented"
     err = await _error(await _transfer(client, {"destination": "forbidden"}), 422)
     assert err["field"] == "destination" and err["code"] == "not_allowed"
     err = await _error(await _transfer(client, {}, call_id="nope"), 404)
@@ -602,6 +616,24 @@ async def test_cancel_before_answer_then_conflict(client: Client, control: FakeC
     err = await _error(await client.post("/v1/transfers/t1/cancel", headers=AUTH), 409)
     assert err["code"] == "conflict"
     await _error(await client.post("/v1/transfers/t9/cancel", headers=AUTH), 404)
+
+
+@pytest.mark.asyncio
+async def test_complete_and_conference_in_the_wrong_state_are_409_naming_it(
+    client: Client, control: FakeControl
+) -> None:
+    assert (await _transfer(client, {"mode": "consult"})).status == 202
+    err = await _error(await client.post("/v1/transfers/t1/complete", headers=AUTH), 409)
+    assert "trying" in err["message"]
+    err = await _error(await client.post("/v1/transfers/t1/conference", headers=AUTH), 409)
+    assert "trying" in err["message"]
+    control.transfers["t1"]["state"] = "consulting"
+    resp = await client.post("/v1/transfers/t1/conference", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["state"] == "conference"
+    resp = await client.post("/v1/transfers/t1/complete", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["state"] == "completed"
+    await _error(await client.post("/v1/transfers/t9/complete", headers=AUTH), 404)
+    await _error(await client.post("/v1/transfers/t1/complete"), 401)
 
 
 @pytest.mark.asyncio

@@ -34,6 +34,7 @@ from telephony.config import (
     main_check_config,
     with_overrides,
 )
+from telephony.config.model import DTMF_KEYS
 from telephony.routing import load_rules
 from telephony.sip.uri import parse_uri
 from tests.vectors import VECTORS, load_vector, vector_names
@@ -132,6 +133,7 @@ def test_every_key_is_documented() -> None:
         ("records", tuple(k for k in RECORDS_KEYS if k != "spool")),
         ("records.spool", SPOOL_KEYS),
         ("logging", ("level", "phi")),
+        ("dtmf", DTMF_KEYS),
     ):
         assert f"### `{section.split('.')[0]}`" in docs
         for key in keys:
@@ -161,6 +163,8 @@ def test_there_is_a_vector_for_every_kind_of_mistake() -> None:
         "position-collision",
         "rules-missing",
         "records",
+        "dtmf",
+        "dtmf-prefix",
     }
 
 

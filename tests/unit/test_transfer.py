@@ -36,6 +36,8 @@ def _reach(state: TState) -> Transfer:
         TState.TRYING: [],
         TState.RINGING: [TInput.RINGING],
         TState.ANSWERED: [TInput.ANSWERED],
+        TState.CONFERENCE: [TInput.ANSWERED, TInput.JOIN],
+        TState.CONSULTING: [TInput.ANSWERED, TInput.HOLD],
         TState.COMPLETED: [TInput.ANSWERED, TInput.COMPLETE],
         TState.FAILED: [TInput.EXHAUSTED],
         TState.CANCELLED: [TInput.CANCEL],
