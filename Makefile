@@ -22,6 +22,8 @@ system:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	{ command -v prometheus && command -v promtool; } >/dev/null || missing="$$missing prometheus"; \
+	command -v baresip >/dev/null || missing="$$missing baresip-core"; \
+	command -v linphone-daemon >/dev/null || missing="$$missing linphone-nogtk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(APT) update && $(APT) install -y --no-install-recommends $$missing; \
