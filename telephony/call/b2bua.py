@@ -39,7 +39,7 @@ from telephony.call.metadata import CallMetadata, capture, outbound_body, outbou
 from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.registrar import PositionRegistrar
-from telephony.call.transfer import TInput, Transfer
+from telephony.call.transfer import TInput, Transfer, TState
 from telephony.call.warm import WarmTransfers, mix_formats
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
@@ -699,6 +699,13 @@ class B2bua:
                 return
             if call.state == "transferred":
                 return
+            if self._phone_gave_up_after_refer(call):
+                t = call.transfer
+                assert t is not None
+                t.note("recall", self.wall)  # the caller stays; the positions are called again
+                call.state = "ringing"
+                self._recall_next(call)
+                return
         elif leg.role == "consult":  # the phone ended its consult call (or the REFER's dialog)
             if leg is call.consult:
                 self.attended.consult_left(call)
@@ -710,6 +717,20 @@ class B2bua:
         self._hangup(call.caller, 487)
         for other in call.legs:
             self._hangup(other)
+
+    def _phone_gave_up_after_refer(self, call: Call) -> bool:
+        """Did the dispatcher's phone hang up just because its blind transfer failed? Phones
+        before RFC 5589 (baresip 1.0) end the call on a failure NOTIFY; that BYE must not end
+        the 911 call: the caller goes back to the positions instead."""
+        t = call.transfer
+        return (
+            t is not None
+            and t.trigger == "refer"
+            and t.state is TState.FAILED
+            and call.caller.alive
+            and bool(t.timeline)
+            and self.wall - t.timeline[-1].at <= REFER_BYE_GRACE
+        )
 
     # -- views and records ------------------------------------------------------------------
 
