@@ -3,7 +3,7 @@
 core (default)  In process, no sockets. One 3-party conference (caller PCMU 440 Hz, dispatcher
                 PCMA 1000 Hz, counselor PCMU 1800 Hz: so every tick also transcodes). A "tick"
                 is what one conference costs per 20 ms: the 3 packets that arrived
-                (``Mixer.receive``: parse, decode, jitter buffer) plus ``Mixer.tick`` (mix-minus
+                (``Mixer.receive``: parse, jitter buffer) plus ``Mixer.tick`` (decode, mix-minus
                 with clipping, encode 3 frames, 3 RTP headers). Peer in the same run, rounds
                 interleaved: ``PurePython``, the same job one sample at a time in pure Python
                 (table lookups per sample, ``sum`` per sample, ``min``/``max`` clipping); its
@@ -17,16 +17,21 @@ core (default)  In process, no sockets. One 3-party conference (caller PCMU 440 
                 included); the share of the 20 ms period that takes is the CPU a core spends
                 mixing them.
 --udp N,...     End to end on 127.0.0.1: N conferences through ``telephony.media.Relay`` leg
-                endpoints and ``Conference`` (uvloop, this process pinned to CPU 0); a separate
+                endpoints and ``Conference`` (uvloop, this process pinned to CPU 0; with
+                ``--baseline`` the same phones bridged in pairs by the plain relay instead: the
+                same packets in and out, no mixer, i.e. the socket floor); a separate
                 process pinned to CPU 1 plays the 3N phones: each sends a 172-byte G.711 packet
                 every 20 ms (spread evenly over the period) and counts what the mixer sends
                 back. Clean = every packet the phones sent was mixed (none lost, none late), no
                 tick found a gap in a playing buffer, no tick skipped, and every packet the
                 mixer sent arrived. Mixer CPU % is this process's user+system time over the
-                window (100 = one core); it includes the sockets (recv, send) and the loop.
+                window (100 = one core; the user/system split is in --json, but this VM's
+                tick-based accounting splits short wake-ups unreliably); it includes the
+                sockets (recv, send: on loopback the kernel's delivery to the phones' sockets is
+                charged to the sender) and the loop.
 
 Run:  uv run python bench/mixer.py [--rounds 25] [--batch 500] [--many 200,400] [--json]
-      uv run python bench/mixer.py --udp 100,200,300 [--duration 10] [--repeats 3]
+      uv run python bench/mixer.py --udp 100,150,200 [--duration 10] [--repeats 3] [--baseline]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import select
 import socket
 import statistics
@@ -405,10 +411,10 @@ async def udp_case(
                 conferences.append(conf)
         parent.send([e.rtp_port for e in eps])
         assert await _recv(parent) == "started"
-        cpu0, wall0 = _cpu(), time.perf_counter()
+        ru0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), _cpu(), time.perf_counter()
         gen: dict[str, Any] = await _recv(parent)
         await asyncio.sleep(0.15)  # the last packets are played out
-        cpu1, wall1 = _cpu(), time.perf_counter()
+        ru1, cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), _cpu(), time.perf_counter()
         parties: list[Party] = [p for c in conferences for p in c.mixer.parties]
         st = [p.stats() for p in parties]
         counters = [e.stats() for e in eps]
@@ -445,6 +451,8 @@ async def udp_case(
         "lost_out": relay_out - back["received"],
         "errors": errors,
         "mixer_cpu_pct": 100 * (cpu1 - cpu0) / wall,
+        "user_pct": 100 * (ru1.ru_utime - ru0.ru_utime) / wall,
+        "sys_pct": 100 * (ru1.ru_stime - ru0.ru_stime) / wall,
         "gen_late_p99_us": gen["gen_late_p99_us"],
         "us_per_conference_tick": (cpu1 - cpu0) / (confs * wall / PERIOD) * 1e6,
     }
@@ -484,7 +492,8 @@ def udp(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{row['mode']:10s} {n:4d} conferences: sent {row['sent']} mixed {row['mixed']} "
                 f"lost_in {row['lost_in']} late {row['late']} holes {row['holes']} starved "
                 f"{row['starved']} skipped {row['ticks_skipped']} lost_out {row['lost_out']} "
-                f"cpu {row['mixer_cpu_pct']:.0f}% ({row['us_per_conference_tick']:.1f} µs/conf "
+                f"cpu {row['mixer_cpu_pct']:.0f}% (user {row['user_pct']:.0f}, sys "
+                f"{row['sys_pct']:.0f}) ({row['us_per_conference_tick']:.1f} µs/conf "
                 f"tick) gen late p99 {row['gen_late_p99_us']:.0f} µs -> "
                 f"{'clean' if row['clean'] else 'NOT clean'}",
                 file=sys.stderr,
@@ -542,9 +551,9 @@ def core_table(r: dict[str, Any]) -> str:
         f"| per 20 ms tick: 3 receives + tick | {r['numpy_full_us']:.1f} | "
         f"{r['python_full_us']:.1f} | {r['ratio_medians']:.1f}x "
         f"(paired {r['ratio_paired']:.1f}x) |",
-        f"| tick only (mix, clip, encode, headers) | {r['numpy_tick_us']:.1f} | "
+        f"| tick only (decode, mix, clip, encode, headers) | {r['numpy_tick_us']:.1f} | "
         f"{r['python_tick_us']:.1f} | {r['python_tick_us'] / r['numpy_tick_us']:.1f}x |",
-        f"| receive, per packet (parse, decode, buffer) | {r['numpy_receive_us']:.1f} | | |",
+        f"| receive, per packet (parse, jitter buffer) | {r['numpy_receive_us']:.1f} | | |",
         f"| conferences per core at 100 % (20 ms / tick) | "
         f"{r['conferences_per_core_100pct']:.0f} | "
         f"{r['python_conferences_per_core_100pct']:.0f} | |",
