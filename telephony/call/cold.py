@@ -290,7 +290,6 @@ class ColdTransfers:
                 req, 202, headers=(("Contact", str(self.core._contact(leg.dest.transport))),)
             )
             call.notify_leg = leg
-            self._notify(call, 100, "Trying", final=False)
             self.start(
                 call,
                 "refer",
@@ -298,6 +297,10 @@ class ColdTransfers:
                 triage=triage_level(unquote(triage_value) if triage_value else None),
                 extra=embedded,
             )
+            # after the 988 INVITE is out (it is what the caller waits for); not if the
+            # transfer already ended and sent its final NOTIFY
+            if call.notify_leg is leg:
+                self._notify(call, 100, "Trying", final=False)
         except SipError as err:
             self._notify(call, err.status, err.reason, final=True)
             call.notify_leg = None
