@@ -110,10 +110,13 @@ class AttendedTransfers:
         t = call.transfer
         if t is None or t.done or not t.can(TInput.CANCEL):
             return
+        answered = t.state is TState.CONSULTING
         t.step(TInput.CANCEL, self.core.wall, status=487)
         if call.destination is not None:
             self.core._hangup(call.destination)
             call.destination = None
+        if answered:
+            self.core._record("party left", call, party="counselor")
         self.core._record("cancelled", call)
         self.core.cold._transfer_over(call, 487, "Request Terminated")
 

@@ -258,10 +258,13 @@ class ColdTransfers:
         if not t.can(TInput.CANCEL):
             raise SipError(f"transfer is {t.state.value}: it can no longer be cancelled", 409)
         call = self.core.calls[t.call_id]
+        answered = t.state in (TState.CONFERENCE, TState.CONSULTING)
         t.step(TInput.CANCEL, self.core.wall, status=487)
         if call.destination is not None:
             self.core._hangup(call.destination)
             call.destination = None
+        if answered:
+            self.core._record("party left", call, party="counselor")
         self.core._record("cancelled", call)
         self._transfer_over(call, 487, "Request Terminated")
         return t

@@ -56,9 +56,11 @@ class WarmTransfers:
             t.step(TInput.HOLD, self.core.wall)
             self.core.media.bridge(disp.media, leg.media)  # the caller's endpoint: silence
             call.bridged = (disp, leg)
+            self.core._record("party left", call, party="caller", reason="on consult hold")
         else:
             t.step(TInput.JOIN, self.core.wall)
             self._mix(call, disp, leg)
+        self.core._record("party joined", call, party="counselor")
 
     # -- the dispatcher and the counselor ---------------------------------------------------
 
@@ -77,6 +79,7 @@ class WarmTransfers:
             return False
         t.step(TInput.DESTINATION_GONE, self.core.wall, status=487)
         call.destination = None
+        self.core._record("party left", call, party="counselor")
         self.core._record("failed", call, sip_status=487, reason="destination left")
         self.core.cold._transfer_over(call, 487, "Destination Left")  # back to the dispatcher
         return True
@@ -100,6 +103,7 @@ class WarmTransfers:
             raise SipError(f"transfer is {t.state.value}: only a consult can be conferenced", 409)
         t.step(TInput.MIX, self.core.wall)
         self._mix(call, disp, dest)
+        self.core._record("party joined", call, party="caller")
         return t
 
     # -- inside ------------------------------------------------------------------------------
@@ -136,6 +140,7 @@ class WarmTransfers:
         assert dest is not None
         t.step(TInput.COMPLETE, self.core.wall)
         self.core.media.unmix(call.id)
+        self.core._record("party left", call, party="dispatcher")
         consult, call.consult = call.consult, None
         # after an attended transfer the phone had put the caller on hold: always offer anew
         if consult is not None or needs_reoffer(call.caller, dest):

@@ -35,6 +35,8 @@ Kind = Literal[
     "cancelled",
     "abandoned",
     "returned_to_dispatcher",
+    "party_joined",
+    "party_left",
     "call_ended",
 ]
 KINDS: tuple[Kind, ...] = (
@@ -51,6 +53,8 @@ KINDS: tuple[Kind, ...] = (
     "cancelled",
     "abandoned",
     "returned_to_dispatcher",
+    "party_joined",
+    "party_left",
     "call_ended",
 )
 #: the call layer's event names (``B2bua._record``) to record kinds
@@ -86,6 +90,7 @@ class RecordEvent:
     sip_status: int | None = None
     reason: str | None = None
     phase: str | None = None  # abandoned only, one of PHASES
+    party: str | None = None  # party_joined / party_left: caller, dispatcher or counselor
     transfer_requested_ms: int | None = None  # when this event's transfer was requested
     call_offered_ms: int | None = None  # first ring of this event's call
     caller_number: str | None = None  # PHI
@@ -153,6 +158,7 @@ def from_call(
         sip_status=fields.get("sip_status"),
         reason=fields.get("reason"),
         phase=phase,
+        party=fields.get("party"),
         transfer_requested_ms=requested,
         call_offered_ms=int(call.created_at * 1000),
         caller_number=meta.caller_number,

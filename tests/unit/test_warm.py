@@ -46,7 +46,12 @@ def test_warm_mixes_all_three_then_the_dispatcher_hanging_up_hands_over(tmp_path
     assert t.state is TState.COMPLETED
     assert w.media.mixed(call.id) == [] and w.bridged_to(w.primary)
     kinds = [e.kind for e in events]
-    assert kinds[-2:] == ["dispatcher_left", "completed"]
+    assert kinds[-3:] == ["dispatcher_left", "party_left", "completed"]
+    joined = next(e for e in events if e.kind == "party_joined")
+    assert joined.party == "counselor" and kinds.index("destination_answered") < kinds.index(
+        "party_joined"
+    )
+    assert events[-2].party == "dispatcher"
     assert all(e.mode == "warm" for e in events if e.transfer_id)
 
 
@@ -66,10 +71,15 @@ def test_warm_complete_by_api_releases_the_dispatcher(tmp_path: Path) -> None:
 def test_cancel_in_conference_leaves_caller_with_dispatcher(tmp_path: Path) -> None:
     w, call, tid = _warm(tmp_path)
     w.net.advance(2.0)
+    events = recording(w)
     w.core.cold.cancel_transfer(tid, now=w.net.now)
     w.net.advance(1.0)
     t = w.core.transfers[tid]
     assert t.state is TState.CANCELLED
+    assert [(e.kind, e.party) for e in events][:2] == [
+        ("party_left", "counselor"),
+        ("cancelled", None),
+    ]
     assert any(r.method == "BYE" for r in w.primary.requests)  # the 988 leg is released
     assert w.media.mixed(call.id) == [] and w.bridged_to(w.disp1)
     assert not any(r.method == "BYE" for r in w.disp1.requests)
@@ -112,6 +122,7 @@ def test_warm_chain_failing_keeps_caller_and_dispatcher(tmp_path: Path) -> None:
 
 def test_consult_holds_the_caller_then_conference_then_complete(tmp_path: Path) -> None:
     w, call, tid = _warm(tmp_path, mode="consult")
+    events = recording(w)
     w.net.advance(2.0)
     t = w.core.transfers[tid]
     assert t.state is TState.CONSULTING
@@ -127,6 +138,13 @@ def test_consult_holds_the_caller_then_conference_then_complete(tmp_path: Path) 
     w.core.warm.complete(tid, now=w.net.now)
     w.net.advance(1.0)
     assert t.state is TState.COMPLETED and w.bridged_to(w.primary)
+    parties = [(e.kind, e.party) for e in events if e.kind.startswith("party_")]
+    assert parties == [
+        ("party_left", "caller"),  # on consult hold
+        ("party_joined", "counselor"),
+        ("party_joined", "caller"),  # conference
+        ("party_left", "dispatcher"),  # complete
+    ]
 
 
 def test_consult_caller_gone_is_abandoned_on_consult_hold(tmp_path: Path) -> None:
