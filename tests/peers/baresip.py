@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.peers.sipp import free_port
+from tests.peers.siptrace import LoggedSip
 
 MODULE_DIRS = (
     Path("/usr/lib/baresip/modules"),
@@ -191,47 +192,12 @@ class BaresipControl:
                 await self._task
 
 
-@dataclass(frozen=True)
-class TracedMessage:
+@dataclass(frozen=True, kw_only=True)
+class TracedMessage(LoggedSip):
     """One SIP message from baresip's ``-s`` trace: ``sent`` is True for what baresip sent."""
 
-    sent: bool
     src: str
     dst: str
-    text: str
-
-    @property
-    def start_line(self) -> str:
-        return self.text.split("\r\n", 1)[0].split("\n", 1)[0].strip()
-
-    @property
-    def method(self) -> str | None:
-        """The request method, or ``None`` for a response."""
-        first = self.start_line
-        return None if first.startswith("SIP/2.0") else first.split(" ", 1)[0]
-
-    @property
-    def status(self) -> int | None:
-        first = self.start_line
-        return int(first.split(" ")[1]) if first.startswith("SIP/2.0 ") else None
-
-    def header(self, name: str) -> str | None:
-        head = self.text.split("\r\n\r\n", 1)[0]
-        for line in head.splitlines()[1:]:
-            key, sep, value = line.partition(":")
-            if sep and key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    @property
-    def body(self) -> str:
-        parts = self.text.split("\r\n\r\n", 1)
-        return parts[1] if len(parts) == 2 else ""
-
-    @property
-    def cseq_method(self) -> str | None:
-        cseq = self.header("CSeq")
-        return cseq.split()[-1] if cseq else None
 
 
 _TRACE = re.compile(r"\x1b\[36;1m#\n(\w+) (\S+) -> (\S+)\n(.*?)\x1b\[;m", re.S)
@@ -370,9 +336,8 @@ ctrl_tcp_listen\t{HOST}:{self.ctrl_port}
         out: list[TracedMessage] = []
         seen: set[tuple[object, ...]] = set()
         for _tp, src, dst, text in _TRACE.findall(self.log()):
-            msg = TracedMessage(
-                src == me, src, dst, text.replace("\r\n", "\n").replace("\n", "\r\n")
-            )
+            crlf = text.replace("\r\n", "\n").replace("\n", "\r\n")
+            msg = TracedMessage(sent=src == me, src=src, dst=dst, text=crlf)
             key = (msg.sent, msg.start_line, *(msg.header(h) for h in ("Call-ID", "CSeq", "Via")))
             if retransmissions or key not in seen:
                 out.append(msg)

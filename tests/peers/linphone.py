@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.peers.sipp import free_port
+from tests.peers.siptrace import LoggedSip
 
 HOST = "127.0.0.1"
 
@@ -332,45 +333,11 @@ class LinphoneControl:
                 await self.writer.wait_closed()
 
 
-@dataclass(frozen=True)
-class SipMessage:
+@dataclass(frozen=True, kw_only=True)
+class SipMessage(LoggedSip):
     """One SIP message linphone sent (``sent``) to, or received from, ``peer`` (host:port)."""
 
-    sent: bool
     peer: str
-    text: str
-
-    @property
-    def start_line(self) -> str:
-        return self.text.split("\r\n", 1)[0]
-
-    @property
-    def method(self) -> str | None:
-        """The request method, or ``None`` for a response."""
-        first = self.start_line
-        return None if first.startswith("SIP/2.0") else first.split(" ", 1)[0]
-
-    @property
-    def status(self) -> int | None:
-        first = self.start_line
-        return int(first.split(" ")[1]) if first.startswith("SIP/2.0 ") else None
-
-    def header(self, name: str) -> str | None:
-        for line in self.text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
-            key, sep, value = line.partition(":")
-            if sep and key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    @property
-    def body(self) -> str:
-        parts = self.text.split("\r\n\r\n", 1)
-        return parts[1] if len(parts) == 2 else ""
-
-    @property
-    def cseq_method(self) -> str | None:
-        cseq = self.header("CSeq")
-        return cseq.split()[-1] if cseq else None
 
     def __str__(self) -> str:
         return f"{'>' if self.sent else '<'} {self.peer} {self.start_line}"
@@ -585,7 +552,7 @@ automatically_accept=0
             peer = (m.group(1) if sent else m.group(4)).decode()
             size = int(m.group(2) if sent else m.group(3))
             text = raw[m.end() : m.end() + size].decode(errors="replace")
-            out.append(SipMessage(sent, peer, text))
+            out.append(SipMessage(sent=sent, peer=peer, text=text))
         return out
 
     def rtp_stats(self) -> list[tuple[int, int]]:
