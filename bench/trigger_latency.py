@@ -91,7 +91,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.b2bua_cps import pin, stop
 from tests.peers.redis import RedisServer
+from tests.peers.sipp import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -709,12 +711,6 @@ class Bench:
 # ---------------------------------------------------------------------------- processes
 
 
-def pin(pid: int, cpu: int) -> None:
-    if (os.cpu_count() or 1) >= 2:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(pid, {cpu})
-
-
 def cpu_ticks(cpu: int) -> tuple[int, int]:
     """(steal, total) clock ticks of one CPU so far, from /proc/stat (steal: time the
     hypervisor ran something else while this virtual CPU wanted to run)."""
@@ -743,25 +739,6 @@ def sched_ns(pid: int) -> tuple[int, int, int, int]:
                     elif line.startswith("nonvoluntary_ctxt_switches:"):
                         invol += int(line.split()[1])
     return run, wait, vol, invol
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(run_dir: Path, sip: int, http: int, disp: int, dest: int, redis: str) -> Path:
