@@ -32,6 +32,7 @@ from telephony.call.legs import (
     Role,
     endpoint_for,
     map_failure,
+    mix_formats,
     reason_header,
     sdp_of,
 )
@@ -40,7 +41,7 @@ from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.registrar import PositionRegistrar
 from telephony.call.transfer import TInput, Transfer, TState
-from telephony.call.warm import WarmTransfers, mix_formats
+from telephony.call.warm import WarmTransfers
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
 from telephony.sip.errors import SipError

@@ -29,6 +29,7 @@ from telephony.sip.sdp import (
     MediaDescription,
     Origin,
     SessionDescription,
+    codecs,
     direction,
     is_hold,
     parse_sdp,
@@ -234,3 +235,19 @@ def needs_reoffer(caller: Leg, new_peer: Leg) -> bool:
     if i is None or j is None:
         return True
     return sent.media[i].formats[:1] != new.media[j].formats[:1]
+
+
+PCMU, PCMA = 0, 8  # the G.711 static payload types
+
+
+def mix_formats(leg: Leg) -> tuple[int, int | None]:
+    """(the G.711 payload type ``leg``'s peer takes, its telephone-event payload type): the
+    first of PCMU/PCMA in the peer's SDP, PCMU when it says nothing usable."""
+    sd = leg.peer_sdp
+    i = audio_index(sd) if sd is not None else None
+    if sd is None or i is None:
+        return PCMU, None
+    found = codecs(sd.media[i])
+    audio = next((c.payload_type for c in found if c.payload_type in (PCMU, PCMA)), PCMU)
+    event = next((c.payload_type for c in found if c.encoding_name == "telephone-event"), None)
+    return audio, event

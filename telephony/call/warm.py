@@ -19,15 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from telephony.call.legs import Leg, audio_index, needs_reoffer
+from telephony.call.legs import Leg, mix_formats, needs_reoffer
 from telephony.call.transfer import TInput, Transfer, TState
 from telephony.sip.errors import SipError
-from telephony.sip.sdp import codecs
 
 if TYPE_CHECKING:
     from telephony.call.b2bua import B2bua, Call
 
-PCMU, PCMA = 0, 8
 REFER_BYE_GRACE = 2.0  # after a REFER, how long the phone has to hang up that dialog itself
 
 
@@ -154,16 +152,3 @@ class WarmTransfers:
                     self.core._hangup(leg)
         call.state = "transferred"
         self.core._record("completed", call)
-
-
-def mix_formats(leg: Leg) -> tuple[int, int | None]:
-    """(the G.711 payload type ``leg``'s peer takes, its telephone-event payload type): the
-    first of PCMU/PCMA in the peer's SDP, PCMU when it says nothing usable."""
-    sd = leg.peer_sdp
-    i = audio_index(sd) if sd is not None else None
-    if sd is None or i is None:
-        return PCMU, None
-    found = codecs(sd.media[i])
-    audio = next((c.payload_type for c in found if c.payload_type in (PCMU, PCMA)), PCMU)
-    event = next((c.payload_type for c in found if c.encoding_name == "telephone-event"), None)
-    return audio, event
