@@ -21,7 +21,7 @@ from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
 from tests.e2e.harness import TOKEN, Ports
-from tests.peers.sipp import SCENARIOS, free_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippRun, free_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -51,30 +51,38 @@ def _ep(leg: Any) -> LegEndpoint:
     return leg.media
 
 
-async def test_warm_transfer_conference_then_complete(
-    tmp_path: Path, daemon: Daemon, ports: Ports
-) -> None:
+async def _three_parties(
+    tmp: Path, ports: Ports, dispatcher: str, *disp_extra: str
+) -> tuple[SippRun, SippRun, SippRun]:
+    """988 (answers, echoes RTP), the dispatcher scenario, then the 911 caller (9 s, G.711)."""
     d988 = await start_sipp(
         "uas-988-answer",
-        workdir=tmp_path,
+        workdir=tmp,
         local_port=ports.primary,
         calls=1,
         timeout_s=40,
         extra=("-rtp_echo", "-mp", str(free_port() & ~1)),
     )
     disp = await start_sipp(
-        "uas-dispatcher", workdir=tmp_path, local_port=ports.disp1, calls=1, timeout_s=40
+        dispatcher, workdir=tmp, local_port=ports.disp1, calls=1, timeout_s=40, extra=disp_extra
     )
     await asyncio.sleep(0.3)
     caller = await start_sipp(
         "uac-911-caller",
-        workdir=tmp_path,
+        workdir=tmp,
         local_port=free_port(),
         remote=f"127.0.0.1:{ports.sip}",
         calls=1,
         timeout_s=40,
         extra=("-inf", str(DATA / "911-caller.csv"), "-d", "9000", "-mp", str(free_port() & ~1)),
     )
+    return d988, disp, caller
+
+
+async def test_warm_transfer_conference_then_complete(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    d988, disp, caller = await _three_parties(tmp_path, ports, "uas-dispatcher")
     call = await _connected(daemon)
     base = f"http://127.0.0.1:{daemon.http_port}"
     async with aiohttp.ClientSession() as s:
@@ -115,31 +123,8 @@ async def test_feature_codes_from_the_dispatchers_phone_warm_then_complete(
     tmp_path: Path, daemon: Daemon, ports: Ports
 ) -> None:
     """The dispatcher keys *8 (warm) then *0 (complete) as RFC 4733 events (SIPp's pcaps)."""
-    d988 = await start_sipp(
-        "uas-988-answer",
-        workdir=tmp_path,
-        local_port=ports.primary,
-        calls=1,
-        timeout_s=40,
-        extra=("-rtp_echo", "-mp", str(free_port() & ~1)),
-    )
-    disp = await start_sipp(
-        "uas-dispatcher-dtmf",
-        workdir=tmp_path,
-        local_port=ports.disp1,
-        calls=1,
-        timeout_s=40,
-        extra=("-mp", str(free_port() & ~1)),
-    )
-    await asyncio.sleep(0.3)
-    caller = await start_sipp(
-        "uac-911-caller",
-        workdir=tmp_path,
-        local_port=free_port(),
-        remote=f"127.0.0.1:{ports.sip}",
-        calls=1,
-        timeout_s=40,
-        extra=("-inf", str(DATA / "911-caller.csv"), "-d", "9000", "-mp", str(free_port() & ~1)),
+    d988, disp, caller = await _three_parties(
+        tmp_path, ports, "uas-dispatcher-dtmf", "-mp", str(free_port() & ~1)
     )
     call = await _connected(daemon)
     seen: list[str] = []
