@@ -112,8 +112,16 @@ class ColdTransfers:
             triage=triage,
             language=_language(call.meta.language),
         )
-        decision = self.core.rules.match(desc, datetime.fromtimestamp(self.core.wall, UTC))
-        if decision is None:
+        rules = self.core.rules
+        decision = rules.match(desc, datetime.fromtimestamp(self.core.wall, UTC))
+        if decision is None or not (
+            named is not None
+            or called in call.trunk.transfer_numbers
+            or any(r.decision is decision and r.conditions.names_called for r in rules.rules)
+        ):
+            # a catch-all rule picks the 988 chain for the trunk's transfer numbers; any
+            # other number needs a rule that names it (a dispatcher's transfer to, say, a
+            # police line must not end up at 988)
             raise SipError(f"no routing rule allows a transfer to {called!r}", 403, "peer")
         if named is not None:
             return decision, (named,)

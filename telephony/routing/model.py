@@ -233,6 +233,11 @@ class Conditions:
     time: tuple[TimeWindow, ...] | None = None
 
     @property
+    def names_called(self) -> bool:
+        """The rule tests the called number (so it allows transfers to the numbers it names)."""
+        return self.called is not None or self.called_patterns is not None
+
+    @property
     def is_catch_all(self) -> bool:
         return all(
             v is None

@@ -161,6 +161,38 @@ def test_refer_sends_notify_progress_and_completes(tmp_path: Path) -> None:
     assert any(r.method == "BYE" for r in w.disp1.requests)  # released after the grace time
 
 
+def test_refer_to_a_number_no_rule_names_gets_notify_403_and_caller_stays(tmp_path: Path) -> None:
+    """The catch-all rule routes the trunk's transfer numbers (988); a blind transfer to any
+    other number (here a police line) must not end up at 988: 202, then NOTIFY 403, no INVITE
+    to any destination, caller still with the dispatcher."""
+    w = World(tmp_path)
+    w.connect()
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:5551234@127.0.0.1>"),))
+    w.net.advance(1.0)
+    assert w.disp1.statuses("REFER") == [202]
+    notifies = [r for r in w.disp1.requests if r.method == "NOTIFY"]
+    frags = [r.body.decode().strip() for r in notifies]
+    assert len(frags) == 1 and frags[0].startswith("SIP/2.0 403 "), frags
+    assert "terminated" in (notifies[0].headers.get("Subscription-State") or "")
+    assert not w.primary.invites and not w.backup.invites
+    assert w.bridged_to(w.disp1)
+    call = next(iter(w.core.calls.values()))
+    assert call.state == "connected" and call.transfer is None
+
+
+def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    call_id = w.connect()
+    with pytest.raises(SipError) as err:
+        w.core.cold.start_transfer(call_id, destination="5551234", now=w.net.now)
+    assert err.value.status == 403 and "5551234" in str(err.value)
+    assert not w.primary.invites
+    # the trunk's transfer number and a named destination still go
+    t = w.core.cold.start_transfer(call_id, destination="988-backup", now=w.net.now)
+    w.net.advance(0.5)
+    assert t.chain[0].label == "988-backup" and w.backup.invites and not w.primary.invites
+
+
 def test_failed_refer_after_dispatcher_left_recalls_position(tmp_path: Path) -> None:
     w = World(tmp_path, primary=486, backup=503)
     w.primary.mode = "ring"
