@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -681,12 +680,12 @@ def test_stale_timer_entries_are_compacted() -> None:
     assert len(layer._heap) < 6000 * 2
 
 
-def test_speed_smoke() -> None:
-    """Not a benchmark: a loose floor so a quadratic slip shows up."""
+def test_two_thousand_transactions_all_reaped() -> None:
+    """2,000 transactions through both layers: every one ends and is reaped once the wait
+    timers pass (speed lives in bench/transactions.py, not in a timed test)."""
     layer = TransactionLayer()
     peer = TransactionLayer()
     reqs = [request("OPTIONS") for _ in range(2000)]
-    start = time.perf_counter()
     for req in reqs:
         layer.send_request(req, UAS, 0.0)
         for t in layer.transmits():
@@ -698,9 +697,7 @@ def test_speed_smoke() -> None:
             layer.receive(t.message, UAS, 0.0)
     layer.handle_timer(100.0)
     peer.handle_timer(100.0)
-    elapsed = time.perf_counter() - start
     assert len(layer) == 0 and len(peer) == 0
-    assert elapsed < 2.0, elapsed
 
 
 @settings(max_examples=80, deadline=None)
