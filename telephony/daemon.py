@@ -411,6 +411,7 @@ def transfer_view(t: Transfer) -> dict[str, Any]:
         "triage_level": t.triage_level,
         "reason": t.reason,
         "rule": t.decision.rule,
+        "dispatcher_stays": t.decision.dispatcher_stays,
         "outcome": t.outcome,
         "sip_status": t.sip_status,
         "timeline": [

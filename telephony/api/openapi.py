@@ -126,6 +126,11 @@ _SCHEMAS: dict[str, Any] = {
             "triage_level": _NULLABLE_INT,
             "reason": _NULLABLE_STRING,
             "rule": {**_NULLABLE_STRING, "description": "The routing rule that matched."},
+            "dispatcher_stays": {
+                "type": "boolean",
+                "description": "The rule keeps the dispatcher in the conference (triage level 3 "
+                "co-response): complete is refused; the dispatcher may still hang up.",
+            },
             "outcome": _NULLABLE_STRING,
             "sip_status": {**_NULLABLE_INT, "description": "The last final SIP status."},
             "timeline": {"type": "array", "items": _ref("TimelineEvent")},

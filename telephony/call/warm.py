@@ -5,7 +5,9 @@ The chain, failover, probing and the records up to the answer are the cold trans
 bridged and talking. Then :class:`WarmTransfers` takes over:
 
 * ``warm``: the counselor is mixed in (``MediaPort.mix``): all three hear each other. The
-  dispatcher hanging up, or ``complete``, leaves caller and counselor bridged directly.
+  dispatcher hanging up, or ``complete``, leaves caller and counselor bridged directly. A rule
+  with ``dispatcher_stays`` (triage level 3 co-response) refuses ``complete`` (409, from the API
+  or the feature code): the dispatcher stays in the conference until they hang up themselves.
 * ``consult``: the caller's endpoint is taken out of every bridge (the caller hears silence)
   while dispatcher and counselor are bridged; then ``complete`` (caller joins the counselor,
   dispatcher leaves), ``conference`` (all three mixed), or the dispatcher hanging up (= complete).
@@ -90,6 +92,12 @@ class WarmTransfers:
         call, t = self._find(transfer_id, now)
         if not t.can(TInput.COMPLETE) or t.state is TState.ANSWERED:
             raise SipError(f"transfer is {t.state.value}: it cannot be completed now", 409)
+        if t.decision.dispatcher_stays:
+            raise SipError(
+                f"transfer is {t.state.value}: rule {t.decision.rule!r} keeps the dispatcher in "
+                "the conference (co-response); hanging up is still possible",
+                409,
+            )
         self._complete(call, t)
         return t
 

@@ -315,3 +315,39 @@ def test_an_invite_from_another_address_is_no_consult_call(tmp_path: Path) -> No
     w.disp2.call(HANDOFFD, "988")  # an allowed trunk address, but not the phone on the call
     w.net.advance(2.0)
     assert len(w.core.calls) == 2 and _call(w).transfer is None
+
+
+def test_dispatcher_stays_rule_refuses_complete_but_the_dispatcher_may_hang_up(
+    tmp_path: Path,
+) -> None:
+    """Triage level 3 (co-response): the rule keeps the dispatcher in the conference, so
+    ``complete`` (API or feature code) is 409 naming the rule; the dispatcher's own BYE still
+    hands caller and counselor over."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-acute.yaml").write_text(
+        "rules:\n"
+        "  - name: l3-co-response\n"
+        "    match: {triage: 3}\n"
+        "    mode: warm\n"
+        "    dispatcher_stays: true\n"
+        "    chain: [988-primary]\n"
+    )
+    w = World(tmp_path)
+    call_id = w.connect()
+    t = w.core.cold.start_transfer(call_id, mode="warm", triage=3, now=w.net.now)
+    w.net.advance(2.0)
+    assert t.state is TState.CONFERENCE and t.decision.dispatcher_stays
+    with pytest.raises(SipError) as err:
+        w.core.warm.complete(t.id, now=w.net.now)
+    assert err.value.status == 409 and "l3-co-response" in err.value.reason
+    assert t.state is TState.CONFERENCE and not any(r.method == "BYE" for r in w.disp1.requests)
+    w.disp1.in_dialog("BYE", HANDOFFD)
+    w.net.advance(1.0)
+    assert t.state is TState.COMPLETED and w.bridged_to(w.primary)
+    # a level 2 call on the same rules completes as before
+    w2 = World(tmp_path)
+    t2 = w2.core.cold.start_transfer(w2.connect(), mode="warm", triage=2, now=w2.net.now)
+    w2.net.advance(2.0)
+    w2.core.warm.complete(t2.id, now=w2.net.now)
+    assert t2.state is TState.COMPLETED and t2.decision.rule == "default-cold"
