@@ -10,6 +10,7 @@ Audio reaching 988 is proven by the relay: ``uas-988-answer`` runs with ``-rtp_e
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,40 @@ async def test_refer_to_ringing_line_fails_over_within_ring_timeout_and_recalls_
     failover = next(e.at for e in t.timeline if e.event == "attempt failed")
     assert 2.9 <= failover - first_try <= 3.6  # the primary's ring timeout (3 s in the test rules)
     assert "exhausted" in times
+
+
+async def test_refer_to_a_number_no_rule_allows_is_notify_403_and_nothing_is_dialled(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    """Issue 5, bad input: the dispatcher's phone blind-transfers to 5551234, which is neither
+    the trunk's transfer number nor named by a rule (the test rules have a catch-all to 988):
+    202, then a final NOTIFY whose sipfrag is 403; no transfer is started (nothing listens on
+    the 988 ports, and none is needed), and the caller stays with the dispatcher until it
+    hangs up itself."""
+    messages = tmp_path / "dispatcher-messages.log"
+    disp = await _uas(
+        tmp_path,
+        "uas-dispatcher-refer",
+        ports.disp1,
+        "-inf",
+        str(DATA / "refer-other.csv"),
+        "-d",
+        "800",
+        "-trace_msg",
+        "-message_file",
+        str(messages),
+    )
+    await asyncio.sleep(0.3)
+    caller = await _caller(tmp_path, ports, "911-caller.csv", hold_ms=3000)
+    res, dres = await caller.wait(30), await disp.wait(30)
+    _ok(res, "caller")  # never dropped: it hung up itself after its pause
+    _ok(dres, "dispatcher")
+    assert dres.count("TransferFailed(C)") == 1 and dres.count("TransferOk(C)") == 0
+    log = messages.read_text(errors="replace")
+    assert re.search(r"^REFER sip:", log, re.M) and "Refer-To: <sip:5551234@" in log
+    assert re.search(r"^SIP/2\.0 202 ", log, re.M), log[-3000:]
+    frags = re.findall(r"^SIP/2\.0 ([1-6]\d\d) no routing rule", log, re.M)
+    assert frags == ["403"], log[-3000:]
+    assert daemon.core is not None and not daemon.core.transfers  # nothing was dialled
+    ended = list(daemon.core.ended.values())
+    assert len(ended) == 1 and ended[0].transfer is None
