@@ -39,7 +39,7 @@ uv:
 # (a target of its own: make expands a recipe before running it, so $(UV) must be
 # expanded only after the uv target has installed it)
 venv: uv
-	$(UV) sync --group dev
+	$(UV) sync --group dev --group interop
 
 # The daemon on the example config, with a local redis-server started here when none answers
 # (transfer records go there; while it is down they wait in var/spool). Ctrl-C drains.
@@ -58,7 +58,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
-	$(UV) sync --group dev --group bench
+	$(UV) sync --group dev --group interop --group bench
 	$(PY) bench/parse.py
 	$(PY) bench/transactions.py
 
