@@ -45,7 +45,7 @@ from tests.peers.prometheus import (
     value,
     variable_defaults,
 )
-from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -74,7 +74,7 @@ async def _caller(workdir: Path, ports: Ports, csv: str, *extra: str) -> SippRun
         remote=f"127.0.0.1:{ports.sip}",
         calls=1,
         timeout_s=30,
-        extra=("-inf", str(DATA / csv), "-mp", str(free_port() & ~1), *extra),
+        extra=("-inf", str(DATA / csv), "-mp", media_port(), *extra),
     )
 
 
@@ -113,9 +113,7 @@ async def _no_transfer(tmp: Path, ports: Ports) -> None:
 
 async def _completed(tmp: Path, ports: Ports) -> None:
     work = _dir(tmp, "completed")
-    d988 = await _uas(
-        work, "uas-988-answer", ports.primary, "-rtp_echo", "-mp", str(free_port() & ~1)
-    )
+    d988 = await _uas(work, "uas-988-answer", ports.primary, "-rtp_echo", "-mp", media_port())
     disp = await _uas(
         work, "uas-dispatcher-refer", ports.disp1, "-inf", str(DATA / "refer-988.csv"), "-d", "800"
     )

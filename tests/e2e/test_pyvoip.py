@@ -56,9 +56,9 @@ from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
 from telephony.sip.transaction import Endpoint
 from tests.e2e.harness import Ports, write_setup
-from tests.peers.pyvoip import VERSION, PhoneStatus, PyVoipPhone, SeenCall, free_udp_range
+from tests.peers.pyvoip import VERSION, PhoneStatus, PyVoipPhone, SeenCall
 from tests.peers.redis import RedisServer
-from tests.peers.sipp import SippResult, SippRun, free_port, start_sipp
+from tests.peers.sipp import SippResult, SippRun, free_port, free_udp_range, start_sipp
 
 pytestmark = [
     pytest.mark.asyncio,

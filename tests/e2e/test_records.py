@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from telephony.daemon import Daemon
 from tests.e2e.harness import Ports, write_setup
 from tests.peers.redis import RedisServer
-from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -44,7 +44,7 @@ async def _caller(tmp: Path, ports: Ports, csv: str, hold_ms: int) -> SippRun:
         remote=f"127.0.0.1:{ports.sip}",
         calls=1,
         timeout_s=40,
-        extra=("-inf", str(DATA / csv), "-d", str(hold_ms), "-mp", str(free_port() & ~1)),
+        extra=("-inf", str(DATA / csv), "-d", str(hold_ms), "-mp", media_port()),
     )
 
 

@@ -32,7 +32,7 @@ from telephony.daemon import Daemon
 from telephony.sip.transaction import Endpoint
 from tests.e2e.harness import Ports, write_setup
 from tests.peers.redis import RedisServer
-from tests.peers.sipp import SippResult, free_port, start_sipp
+from tests.peers.sipp import SippResult, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 
@@ -114,7 +114,7 @@ async def call_911(root: Path, ports: Ports, user: str, *, hold_ms: int = 1000) 
         local_port=free_port(),
         remote=f"127.0.0.1:{ports.sip}",
         timeout_s=30,
-        extra=("-inf", str(inf), "-d", str(hold_ms), "-mp", str(free_port() & ~1)),
+        extra=("-inf", str(inf), "-d", str(hold_ms), "-mp", media_port()),
     )
     return await run.wait(40)
 

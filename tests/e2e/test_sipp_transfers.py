@@ -19,7 +19,7 @@ from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
 from tests.e2e.harness import Ports
-from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -35,7 +35,7 @@ async def _caller(
         remote=f"127.0.0.1:{ports.sip}",
         calls=1,
         timeout_s=40,
-        extra=("-inf", str(DATA / csv), "-d", str(hold_ms), "-mp", str(free_port() & ~1)),
+        extra=("-inf", str(DATA / csv), "-d", str(hold_ms), "-mp", media_port()),
     )
 
 
@@ -61,9 +61,7 @@ async def _watch_988_audio(daemon: Daemon, seen: list[int]) -> None:
 async def test_refer_transfer_carries_metadata_and_audio(
     tmp_path: Path, daemon: Daemon, ports: Ports
 ) -> None:
-    d988 = await _uas(
-        tmp_path, "uas-988-answer", ports.primary, "-rtp_echo", "-mp", str(free_port() & ~1)
-    )
+    d988 = await _uas(tmp_path, "uas-988-answer", ports.primary, "-rtp_echo", "-mp", media_port())
     disp = await _uas(
         tmp_path,
         "uas-dispatcher-refer",

@@ -21,7 +21,7 @@ from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
 from tests.e2e.harness import TOKEN, Ports
-from tests.peers.sipp import SCENARIOS, SippRun, free_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippRun, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -61,7 +61,7 @@ async def _three_parties(
         local_port=ports.primary,
         calls=1,
         timeout_s=40,
-        extra=("-rtp_echo", "-mp", str(free_port() & ~1)),
+        extra=("-rtp_echo", "-mp", media_port()),
     )
     disp = await start_sipp(
         dispatcher, workdir=tmp, local_port=ports.disp1, calls=1, timeout_s=40, extra=disp_extra
@@ -74,7 +74,7 @@ async def _three_parties(
         remote=f"127.0.0.1:{ports.sip}",
         calls=1,
         timeout_s=40,
-        extra=("-inf", str(DATA / "911-caller.csv"), "-d", "9000", "-mp", str(free_port() & ~1)),
+        extra=("-inf", str(DATA / "911-caller.csv"), "-d", "9000", "-mp", media_port()),
     )
     return d988, disp, caller
 
@@ -124,7 +124,7 @@ async def test_feature_codes_from_the_dispatchers_phone_warm_then_complete(
 ) -> None:
     """The dispatcher keys *8 (warm) then *0 (complete) as RFC 4733 events (SIPp's pcaps)."""
     d988, disp, caller = await _three_parties(
-        tmp_path, ports, "uas-dispatcher-dtmf", "-mp", str(free_port() & ~1)
+        tmp_path, ports, "uas-dispatcher-dtmf", "-mp", media_port()
     )
     call = await _connected(daemon)
     seen: list[str] = []

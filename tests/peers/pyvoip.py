@@ -40,13 +40,12 @@ Two things pyVoIP does that a test run must allow for:
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 
-from tests.peers.sipp import free_port
+from tests.peers.sipp import free_port, free_udp_range
 
 with warnings.catch_warnings():
     warnings.filterwarnings(
@@ -62,33 +61,6 @@ VERSION = pyVoIP.__version__
 #: pyVoIP's decoded audio is 8-bit unsigned linear: a frame it has no packet for reads as 0x80s
 SILENCE = b"\x80" * 160
 _THREAD_NAMES = ("SIP Recieve", "SIP Register", "Phone Call:", "RTP Receiver", "RTP Transmitter")
-
-
-def free_udp_range(
-    count: int, host: str = HOST, *, even: bool = False, avoid: range = range(0)
-) -> int:
-    """The first of ``count`` consecutive UDP ports that are all free on ``host`` right now;
-    ``even``: the first is even (an RTP port); ``avoid``: none of them in this range (another
-    party's port range, e.g. handoffd's media ports, which it binds only as calls come)."""
-    for _ in range(100):
-        base = free_port(host=host)
-        base += base & 1 if even else 0
-        ports = range(base, base + count)
-        if ports[-1] >= 65535 or (avoid and ports[0] <= avoid[-1] and avoid[0] <= ports[-1]):
-            continue
-        held: list[socket.socket] = []
-        try:
-            for port in ports:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return base
-    raise RuntimeError(f"no {count} consecutive free UDP ports")
 
 
 @dataclass

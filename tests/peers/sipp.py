@@ -79,6 +79,39 @@ class SippRun:
             self.proc.kill()
 
 
+def free_udp_range(
+    count: int, host: str = "127.0.0.1", *, even: bool = False, avoid: range = range(0)
+) -> int:
+    """The first of ``count`` consecutive UDP ports that are all free on ``host`` right now;
+    ``even``: the first is even (an RTP port); ``avoid``: none of them in this range (another
+    party's port range, e.g. handoffd's media ports, which it binds only as calls come)."""
+    for _ in range(100):
+        base = free_port(host=host)
+        base += base & 1 if even else 0
+        ports = range(base, base + count)
+        if ports[-1] >= 65535 or (avoid and ports[0] <= avoid[-1] and avoid[0] <= ports[-1]):
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in ports:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(s)
+                s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise RuntimeError(f"no {count} consecutive free UDP ports")
+
+
+def media_port(avoid: range = range(0)) -> str:
+    """A ``-mp`` value: SIPp 3.6.1 binds that port (audio), the one two above (video) and
+    their RTCP ports; four free ports from an even one (``free_port() & ~1`` could be taken)."""
+    return str(free_udp_range(4, even=True, avoid=avoid))
+
+
 async def start_sipp(
     scenario: str,
     *,
