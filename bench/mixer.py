@@ -15,7 +15,9 @@ core (default)  In process, no sockets. One 3-party conference (caller PCMU 440 
                 Then ``--many`` conferences at once (default 200,400): one period = every
                 conference's 3 receives + tick, timed as a whole (memory/cache effects
                 included); the share of the 20 ms period that takes is the CPU a core spends
-                mixing them.
+                mixing them. Twice: each mixer ticking alone (``Mixer.tick``), and all of them
+                in one ``tick_all`` (what the conferences' shared clock does), in
+                interleaved halves of the same run.
 --udp N,...     End to end on 127.0.0.1: N conferences through ``telephony.media.Relay`` leg
                 endpoints and ``Conference`` (uvloop, this process pinned to CPU 0; with
                 ``--baseline`` the same phones bridged in pairs by the plain relay instead: the
@@ -60,9 +62,11 @@ from rtp_relay import _cpu, _pin, _recv, machine
 from telephony.media import g711
 from telephony.media.conference import Conference
 from telephony.media.g711 import PCMA, PCMU
-from telephony.media.mixer import FRAME, PERIOD, Mixer, Party
+from telephony.media.mixer import Mixer, tick_all
+from telephony.media.party import Party
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import Relay
+from telephony.media.rtp import FRAME, PERIOD
 
 try:
     import uvloop
@@ -231,10 +235,12 @@ def time_tick_only(s: Subject, ticks: int) -> float:
     return spent / ticks / 1000
 
 
-def time_many(subjects: list[Subject], periods: int) -> float:
-    """Median ms for one 20 ms period of every conference (3 receives + tick each)."""
+def time_many(subjects: list[Subject], periods: int, batched: bool = False) -> float:
+    """Median ms for one 20 ms period of every conference (3 receives + tick each; with
+    ``batched``, 3 receives each and one ``tick_all`` of them all)."""
     batches = [s.next_packets(periods) for s in subjects]
     work = list(zip(subjects, batches, strict=True))
+    mixers = [s.mixer for s in subjects]
     samples = []
     gc.disable()
     for k in range(periods):
@@ -245,7 +251,10 @@ def time_many(subjects: list[Subject], periods: int) -> float:
             s.receive(p0, a, 0.0)
             s.receive(p1, b, 0.0)
             s.receive(p2, c, 0.0)
-            s.tick(0.0)
+            if not batched:
+                s.tick(0.0)
+        if batched:
+            tick_all(mixers, 0.0)
         samples.append(time.perf_counter_ns() - t0)
     gc.enable()
     return statistics.median(samples) / 1e6
@@ -305,8 +314,19 @@ def core(args: argparse.Namespace) -> dict[str, Any]:
     for n in (int(x) for x in args.many.split(",") if x):
         subjects = [Subject("numpy", 0x1000 + 4 * i) for i in range(n)]
         time_many(subjects, 5)
-        ms = time_many(subjects, args.periods)
-        many.append({"conferences": n, "ms_per_period": ms, "core_pct": 100 * ms / (PERIOD * 1e3)})
+        alone, batched = [], []
+        for _ in range(2):  # interleaved halves: the machine's drift hits both alike
+            alone.append(time_many(subjects, args.periods // 2))
+            batched.append(time_many(subjects, args.periods // 2, batched=True))
+        for mode, ms in (("alone", statistics.mean(alone)), ("tick_all", statistics.mean(batched))):
+            many.append(
+                {
+                    "conferences": n,
+                    "mode": mode,
+                    "ms_per_period": ms,
+                    "core_pct": 100 * ms / (PERIOD * 1e3),
+                }
+            )
     result["many"] = many
     return result
 
@@ -558,11 +578,15 @@ def core_table(r: dict[str, Any]) -> str:
         f"{r['conferences_per_core_100pct']:.0f} | "
         f"{r['python_conferences_per_core_100pct']:.0f} | |",
         "",
-        "| conferences mixed together | ms per 20 ms period (median) | share of one core |",
-        "| ---: | ---: | ---: |",
+        "| conferences mixed together | ticked | ms per 20 ms period (median) "
+        "| share of one core |",
+        "| ---: | --- | ---: | ---: |",
     ]
     for m in r["many"]:
-        lines.append(f"| {m['conferences']} | {m['ms_per_period']:.2f} | {m['core_pct']:.0f} % |")
+        lines.append(
+            f"| {m['conferences']} | {m['mode']} | {m['ms_per_period']:.2f} "
+            f"| {m['core_pct']:.0f} % |"
+        )
     return "\n".join(lines)
 
 

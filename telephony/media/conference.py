@@ -16,12 +16,19 @@ the next tick. A failure inside the mixer while handling a packet or a tick is l
 counted in ``errors``; it never reaches the endpoint's transport (which asyncio would close) nor
 the other conferences.
 
+Consult hold: ``Conference.add(ep, ..., hold_tone=True)`` or :meth:`Conference.set_mode` with
+``hold_tone=True`` plays the comfort tone (:mod:`telephony.media.tones`) to that endpoint's peer
+instead of the mix, and its audio reaches nobody. A conference of the caller alone, held, is how
+the caller waits while dispatcher and counselor talk over a plain bridge; ``hold_tone=False``
+later (the consult became a 3-way conference) switches its stream to the mix without a break.
+
 Clock: every conference of an event loop is ticked by one loop timer on a 20 ms grid
 (``start + k * 20 ms``, no drift): one wake-up per period however many conferences there are
-(a timer per conference costs ~6 µs a tick on uvloop, bench/RESULTS.md). A conference joins the
-grid at the next grid point. When the loop ran late, the clock catches up one tick at a time
-with a poll for I/O in between (so the packets that arrived during the stall are in the jitter
-buffers before their frames are due); more than 3 ticks behind, the mixers skip
+(a timer per conference costs ~6 µs a tick on uvloop, bench/RESULTS.md), and one set of numpy
+calls mixes all the conferences due (:func:`~telephony.media.mixer.tick_all`). A conference
+joins the grid at the next grid point. When the loop ran late, the clock catches up one tick
+at a time with a poll for I/O in between (so the packets that arrived during the stall are in
+the jitter buffers before their frames are due); more than 3 ticks behind, the mixers skip
 (:meth:`Mixer.handle_timer`).
 """
 
@@ -32,9 +39,11 @@ import logging
 from collections.abc import Callable, Sequence
 
 from telephony.media.g711 import PCMU
-from telephony.media.mixer import PERIOD, Mixer, MixerStats, Outgoing, Party, PartyStats
+from telephony.media.mixer import Mixer, MixerStats, Outgoing, tick_all
+from telephony.media.party import Party, PartyStats
 from telephony.media.ports import MediaError
 from telephony.media.relay import LegEndpoint
+from telephony.media.rtp import PERIOD
 
 log = logging.getLogger("telephony.media")
 
@@ -81,22 +90,42 @@ class _Clock:
         # uvloop's clock is cached per loop iteration and in ms: the timer may fire with
         # time() a hair before the deadline; it fired, so the deadline has come
         now = max(self.loop.time(), self.due)
+        due: list[Conference] = []
+        nxt: float | None = None  # the earliest deadline after this tick
         for conf in list(self.members):
             try:
-                conf._on_tick(now)  # one tick per conference at most
+                if conf._take_due(now):  # one tick per conference at most
+                    due.append(conf)
             except Exception:  # never let one conference stop the others' clock
                 conf._error("tick")
-        due = min((d for c in self.members if (d := c.mixer.get_timer()) is not None), default=None)
-        if due is None:
+                conf.mixer.start(now)  # next tick a period from now, not a busy loop
+            d = conf.mixer.get_timer()
+            if d is not None and conf._clock is self and (nxt is None or d < nxt):
+                nxt = d
+        if due:
+            try:
+                outs = tick_all(
+                    [c.mixer for c in due], now, on_error=lambda i, _exc: due[i]._error("tick")
+                )
+            except Exception:  # the shared part failed: this tick is lost for all of them
+                for conf in due:
+                    conf._error("tick")
+            else:
+                for conf, out in zip(due, outs, strict=True):
+                    try:
+                        conf._send(out)
+                    except Exception:
+                        conf._error("tick")
+        if nxt is None:
             return
-        self.due = due
-        if due <= self.loop.time():
+        self.due = nxt
+        if nxt <= self.loop.time():
             # behind (the loop stalled): the next catch-up tick after the loop has read the
             # sockets, so it finds the packets that arrived meanwhile (a timer already due
             # would run before the I/O on uvloop)
             self.handle = self.loop.call_later(CATCH_UP_DELAY, self._fire)
         else:
-            self.handle = self.loop.call_at(due, self._fire)
+            self.handle = self.loop.call_at(nxt, self._fire)
 
 
 class Conference:
@@ -132,9 +161,11 @@ class Conference:
         event_pt: int | None = None,
         speak: bool = True,
         listen: bool = True,
+        hold_tone: bool = False,
     ) -> Party:
         """Mix ``ep`` in: ``codec`` is the payload type its peer receives (PCMU 0 / PCMA 8),
-        ``event_pt`` its telephone-event payload type (None: not negotiated)."""
+        ``event_pt`` its telephone-event payload type (None: not negotiated); the modes are
+        those of :meth:`Mixer.set_mode` (``hold_tone=True``: the caller held on consult)."""
         if self._closed:
             raise MediaError("conference is closed")
         if ep in self._parties:
@@ -144,7 +175,12 @@ class Conference:
         if ep.bridge is not None:
             ep.bridge.unbridge()
         party = self.mixer.join(
-            codec=codec, event_pt=event_pt, label=ep.label, speak=speak, listen=listen
+            codec=codec,
+            event_pt=event_pt,
+            label=ep.label,
+            speak=speak,
+            listen=listen,
+            hold_tone=hold_tone,
         )
         try:
             ep.set_tap(self._tap_for(party))
@@ -173,10 +209,16 @@ class Conference:
             self._clock = None
 
     def set_mode(
-        self, ep: LegEndpoint, *, speak: bool | None = None, listen: bool | None = None
+        self,
+        ep: LegEndpoint,
+        *,
+        speak: bool | None = None,
+        listen: bool | None = None,
+        hold_tone: bool | None = None,
     ) -> None:
-        """See :meth:`Mixer.set_mode` (consult hold: ``speak=False, listen=False``)."""
-        self.mixer.set_mode(self._parties[ep], speak=speak, listen=listen)
+        """See :meth:`Mixer.set_mode` (consult hold: ``hold_tone=True``, or ``speak=False,
+        listen=False`` for silence; ``KeyError`` if ``ep`` is not in the conference)."""
+        self.mixer.set_mode(self._parties[ep], speak=speak, listen=listen, hold_tone=hold_tone)
 
     def close(self) -> tuple[LegEndpoint, ...]:
         """Remove every endpoint (all left open) and stop ticking; returns them."""
@@ -213,18 +255,15 @@ class Conference:
             if ep is not None:
                 ep.send_rtp(packet)
 
-    def _on_tick(self, now: float) -> None:
-        """The clock's call, every 20 ms."""
-        for ep in [ep for ep in self._parties if ep.closed]:
-            self.remove(ep)
-        if not self._parties:
-            return
-        try:
-            out = self.mixer.handle_timer(now)
-            self._send(out)
-        except Exception:
-            self._error("tick")
-            self.mixer.start(now)  # next tick a period from now, not a busy loop
+    def _take_due(self, now: float) -> bool:
+        """The clock's call, every 20 ms: drop the endpoints that closed; True if the mixer
+        has a tick due (its clock is then past it: the clock runs it with the others)."""
+        for ep in self._parties:
+            if ep.closed:
+                for gone in [ep for ep in self._parties if ep.closed]:
+                    self.remove(gone)
+                break
+        return bool(self._parties) and self.mixer.take_due(now) is not None
 
     def _error(self, what: str) -> None:
         self.errors += 1

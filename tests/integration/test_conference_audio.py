@@ -12,6 +12,8 @@ byte for byte. The same scenario runs on asyncio's loop and on uvloop (what the 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import random
 import statistics
 import struct
@@ -26,9 +28,10 @@ from numpy.typing import NDArray
 from telephony.media import g711
 from telephony.media.conference import Conference
 from telephony.media.g711 import PCMA, PCMU
-from telephony.media.mixer import FRAME, PERIOD, parse_rtp
 from telephony.media.ports import MediaError, PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
+from telephony.media.rtp import FRAME, PERIOD, parse_rtp
+from telephony.media.tones import COMFORT_TONE, amplitude
 from tests.unit.test_mixer import (
     ABSENT,
     AMP,
@@ -348,3 +351,143 @@ async def hang_up_scenario() -> None:
         assert conf.errors == 0
     finally:
         await close_rig(r)
+
+
+# ---------------------------------------------------------------------------- consult hold
+
+
+def stream(packets: list[bytes]) -> tuple[list[tuple[int, ...]], NDArray[np.int16]]:
+    """The RTP headers and the decoded audio of a phone's received audio packets, in order."""
+    audio = [p for p in packets if p[1] & 0x7F in (PCMU, PCMA)]
+    heads = [struct.unpack_from("!BBHII", p) for p in audio]
+    samples = np.concatenate([g711.decode(p[12:], p[1] & 0x7F) for p in audio])
+    return heads, samples
+
+
+async def consult_scenario() -> None:
+    """The consult as the call layer runs it: the caller alone in a conference, held with the
+    comfort tone, while dispatcher and counselor talk over a plain bridge; then the consult
+    becomes a 3-way conference and the caller's same stream carries the mix."""
+    r = await rig()
+    loop = asyncio.get_running_loop()
+    caller, dispatcher, counselor = (r.phones[n] for n in ("caller", "dispatcher", "counselor"))
+    ep = r.eps
+    try:
+        r.relay.bridge(ep["caller"], ep["dispatcher"], "call")
+        conf = Conference("call-3")
+        conf.add(ep["caller"], codec=PCMU, event_pt=101, hold_tone=True)  # leaves the bridge
+        r.relay.bridge(ep["dispatcher"], ep["counselor"], "consult")
+        t_hold = loop.time()
+        all3 = (caller, dispatcher, counselor)
+
+        def talk(_i: int) -> None:
+            for phone in all3:
+                phone.send_frame(ep[phone.name].rtp_port)
+
+        await pace(65, talk)  # 1.3 s: the beep (0.25 s) and a second of the pause
+        await asyncio.sleep(0.03)
+        t_conf = loop.time()
+        held = len(caller.received)
+        conf.add(ep["dispatcher"], codec=PCMA, event_pt=101)
+        conf.add(ep["counselor"], codec=PCMU, event_pt=96)
+        conf.set_mode(ep["caller"], hold_tone=False)
+        await pace(50, talk)
+        t_end = loop.time()
+        await asyncio.sleep(0.1)
+
+        # held: the tone, in the caller's law, then silence; nothing of the other two
+        heads, x = stream([p for _, p in caller.received[:held]])
+        assert len(heads) >= 60
+        want = amplitude(COMFORT_TONE.level)
+        beep = x[200:1800]  # the steady middle of the first 0.25 s (200 ms: whole cycles)
+        assert abs(20 * math.log10(level(beep, COMFORT_TONE.freq) / want)) < 0.3
+        for f in TONES:
+            assert level(beep, f) <= ABSENT, f"{f} Hz leaked into the hold tone"
+        pause = x[2000 : len(x) // 800 * 800]
+        assert len(pause) >= 8000 and set(pause.tolist()) == {0}  # exact μ-law silence
+        # meanwhile dispatcher and counselor talked to each other, and never heard the caller
+        assert_hears(dispatcher, t_hold + 0.1, t_conf, {COUNSELOR_HZ})
+        assert_hears(counselor, t_hold + 0.1, t_conf, {DISPATCHER_HZ})
+
+        # the conference: each hears the other two; the caller's stream never broke
+        assert_hears(caller, t_conf + 0.1, t_end, {DISPATCHER_HZ, COUNSELOR_HZ})
+        assert_hears(dispatcher, t_conf + 0.1, t_end, {CALLER_HZ, COUNSELOR_HZ})
+        assert_hears(counselor, t_conf + 0.1, t_end, {CALLER_HZ, DISPATCHER_HZ})
+        heads, _ = stream([p for _, p in caller.received])
+        assert {h[4] for h in heads} == {conf.party(ep["caller"]).ssrc}
+        assert all((b[2] - a[2]) & 0xFFFF == 1 for a, b in itertools.pairwise(heads))
+        assert all((b[3] - a[3]) & 0xFFFFFFFF == FRAME for a, b in itertools.pairwise(heads))
+        assert sum(h[1] >> 7 for h in heads) == 1  # the marker: its first packet only
+        assert conf.errors == 0
+        conf.close()
+    finally:
+        await close_rig(r)
+
+
+@pytest.mark.asyncio
+async def test_a_held_caller_hears_the_comfort_tone_then_the_conference() -> None:
+    async with asyncio.timeout(LIMIT):
+        await consult_scenario()
+
+
+def test_a_held_caller_hears_the_comfort_tone_then_the_conference_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    run(uvloop.new_event_loop(), consult_scenario)
+
+
+# ---------------------------------------------------------------------------- one clock, many
+
+
+@pytest.mark.asyncio
+async def test_conferences_on_one_clock_stay_apart_and_a_broken_one_hurts_no_other() -> None:
+    """Two calls mixed on the loop's one clock (one batched tick): no audio crosses between
+    them; when one conference's mixer fails on every tick, it counts errors and the other
+    carries on without losing a frame."""
+    async with asyncio.timeout(LIMIT):
+        r1, r2 = await rig(), await rig()
+        try:
+            confs = []
+            for name, r in (("call-4", r1), ("call-5", r2)):
+                conf = Conference(name)
+                for pname, phone in r.phones.items():
+                    conf.add(r.eps[pname], codec=phone.codec)
+                confs.append(conf)
+            r2.phones["counselor"].freq = 0.0  # call 5: a silent counselor tells them apart
+
+            def talk(_i: int) -> None:
+                for r in (r1, r2):
+                    for pname, phone in r.phones.items():
+                        phone.send_frame(r.eps[pname].rtp_port)
+
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await pace(40, talk)
+            t1 = loop.time()
+
+            def fail() -> None:
+                raise RuntimeError("injected")
+
+            confs[0].mixer._fill = fail  # type: ignore[method-assign]
+            ticks_before = confs[0].mixer.ticks
+            await pace(30, talk)
+            t2 = loop.time()
+            await asyncio.sleep(0.05)
+            p1, p2 = r1.phones, r2.phones
+            assert_hears(p1["caller"], t0 + 0.1, t1, {DISPATCHER_HZ, COUNSELOR_HZ})
+            assert_hears(p2["caller"], t0 + 0.1, t2, {DISPATCHER_HZ})
+            assert_hears(p2["dispatcher"], t0 + 0.1, t2, {CALLER_HZ})
+            assert_hears(p2["counselor"], t0 + 0.1, t2, {CALLER_HZ, DISPATCHER_HZ})
+            assert p1["caller"].packets_between(t1 + 0.03, t2) == []  # call 4 broke ...
+            failed = confs[0].mixer.ticks - ticks_before
+            assert failed >= 10 and confs[0].errors == failed  # each of its ticks, once
+            _, parties = confs[1].stats()
+            assert confs[1].errors == 0  # ... call 5 did not: every frame of it was played
+            for st_ in parties.values():
+                assert st_.holes == 0 and st_.late <= 3, st_
+            for conf in confs:
+                conf.close()
+        finally:
+            try:
+                await close_rig(r1)
+            finally:
+                await close_rig(r2)

@@ -27,16 +27,10 @@ from numpy.typing import NDArray
 
 from telephony.media import g711
 from telephony.media.g711 import PCMA, PCMU
-from telephony.media.mixer import (
-    FRAME,
-    PERIOD,
-    RATE,
-    JitterBuffer,
-    Mixer,
-    Outgoing,
-    Party,
-    parse_rtp,
-)
+from telephony.media.jitter import JitterBuffer
+from telephony.media.mixer import Mixer, Outgoing
+from telephony.media.party import Party
+from telephony.media.rtp import FRAME, PERIOD, RATE, parse_rtp
 
 CALLER_HZ, DISPATCHER_HZ, COUNSELOR_HZ = 440.0, 1000.0, 1800.0
 AMP = 6000
