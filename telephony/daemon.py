@@ -83,7 +83,10 @@ class RelayMedia:
             if ep not in wanted:
                 self._unmix_one(ep)
         for ep, (codec, event) in wanted.items():
-            if ep.closed or self._mixed.get(ep) is conf:
+            if ep.closed:
+                continue
+            if self._mixed.get(ep) is conf:
+                conf.set_mode(ep, hold_tone=False)  # e.g. the held caller joins the conference
                 continue
             self._unmix_one(ep)
             conf.add(ep, codec=codec, event_pt=event)
@@ -94,6 +97,13 @@ class RelayMedia:
         if conf is not None:
             for ep in conf.close():
                 self._mixed.pop(ep, None)
+
+    def hold(self, key: str, leg: MediaLeg, codec: int, event_pt: int | None) -> None:
+        ep = _endpoint(leg)
+        self.mix(key, [(ep, codec, event_pt)])
+        conf = self.conferences[key]
+        if not ep.closed:
+            conf.set_mode(ep, hold_tone=True)
 
     def watch_keys(self, leg: MediaLeg, payload_type: int, key: str) -> None:
         detector = DigitDetector(payload_type)

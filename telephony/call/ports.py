@@ -66,6 +66,12 @@ class MediaPort(Protocol):
         """End conference ``key`` (if any); its legs stay open and unbridged."""
         ...
 
+    def hold(self, key: str, leg: MediaLeg, codec: int, event_pt: int | None) -> None:
+        """Consult hold with a comfort tone: ``leg`` leaves any bridge and is alone in
+        conference ``key``, hearing the tone (in ``codec``), heard by nobody. A later
+        ``mix(key, ...)`` listing it takes it off hold into the mix; ``unmix(key)`` ends it."""
+        ...
+
     def watch_keys(self, leg: MediaLeg, payload_type: int, key: str) -> None:
         """Report the RFC 4733 keys (telephone-events of ``payload_type``) that ``leg``'s peer
         presses, each once, to ``B2bua.on_key(key, pressed, now)``; relaying is unchanged."""

@@ -8,9 +8,10 @@ bridged and talking. Then :class:`WarmTransfers` takes over:
   dispatcher hanging up, or ``complete``, leaves caller and counselor bridged directly. A rule
   with ``dispatcher_stays`` (triage level 3 co-response) refuses ``complete`` (409, from the API
   or the feature code): the dispatcher stays in the conference until they hang up themselves.
-* ``consult``: the caller's endpoint is taken out of every bridge (the caller hears silence)
-  while dispatcher and counselor are bridged; then ``complete`` (caller joins the counselor,
-  dispatcher leaves), ``conference`` (all three mixed), or the dispatcher hanging up (= complete).
+* ``consult``: the caller's endpoint is taken out of every bridge while dispatcher and counselor
+  are bridged; it hears a comfort tone (``MediaPort.hold``, ``media.hold_audio: tone``, the
+  default) or silence; then ``complete`` (caller joins the counselor, dispatcher leaves),
+  ``conference`` (all three mixed, the tone stops), or the dispatcher hanging up (= complete).
 
 Before completion ``cancel``, a failed chain or the counselor hanging up end the 988 leg, and the
 cold machinery's ``_transfer_over`` (which first ends the mix) bridges caller and dispatcher
@@ -54,8 +55,11 @@ class WarmTransfers:
             self.core.media.bridge(consult.media, leg.media)  # caller and dispatcher stay joined
         elif t.mode == "consult":
             t.step(TInput.HOLD, self.core.wall)
-            self.core.media.bridge(disp.media, leg.media)  # the caller's endpoint: silence
+            self.core.media.bridge(disp.media, leg.media)
             call.bridged = (disp, leg)
+            if self.core.config.media.hold_audio == "tone":  # else the caller hears silence
+                caller = call.caller
+                self.core.media.hold(call.id, caller.media, *mix_formats(caller))
             self.core._record("party left", call, party="caller", reason="on consult hold")
         else:
             t.step(TInput.JOIN, self.core.wall)
@@ -127,6 +131,7 @@ class WarmTransfers:
 
     def _mix(self, call: Call, disp: Leg, dest: Leg) -> None:
         legs = (call.caller, disp, dest)
+        # a caller held with the comfort tone is already in this conference: mix takes it off hold
         self.core.media.mix(call.id, [(leg.media, *mix_formats(leg)) for leg in legs])
         call.bridged = None
 

@@ -20,6 +20,8 @@ SipTransport = Literal["udp", "tcp"]
 
 TRANSPORTS: tuple[SipTransport, ...] = ("udp", "tcp")
 LATCHES: tuple[Latch, ...] = ("any", "sdp-host", "off")
+HoldAudio = Literal["tone", "silence"]
+HOLD_AUDIO: tuple[HoldAudio, ...] = ("tone", "silence")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -27,7 +29,7 @@ _SECTIONS = "sip http media trunks positions registrar rules probe drain redis r
 TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
 SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
 HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
-MEDIA_KEYS = ("host", "port_min", "port_max", "latch")
+MEDIA_KEYS = ("host", "port_min", "port_max", "latch", "hold_audio")
 TRUNK_KEYS = ("allow", "psap_id", "transfer_numbers", "triage_header")
 POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location", "auth")
 AUTH_KEYS = ("username", "password", "password_env")
@@ -133,6 +135,9 @@ class MediaConfig:
     port_min: int = 20000  # even
     port_max: int = 29999  # inclusive
     latch: Latch = "any"
+    #: what a caller on consult hold hears: a comfort tone (so a caller in crisis knows the
+    #: line is alive) or silence
+    hold_audio: HoldAudio = "tone"
 
 
 @dataclass(frozen=True, slots=True)

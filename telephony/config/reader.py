@@ -25,6 +25,7 @@ from telephony.config.model import (
     DTMF_ACTIONS,
     DTMF_KEYS,
     FSYNC_POLICIES,
+    HOLD_AUDIO,
     HTTP_KEYS,
     LATCHES,
     LOG_LEVELS,
@@ -43,6 +44,7 @@ from telephony.config.model import (
     TRUNK_KEYS,
     Config,
     DtmfConfig,
+    HoldAudio,
     HttpConfig,
     Latch,
     Listen,
@@ -380,9 +382,10 @@ class _Reader:
                 f"with a transfer needs {_MEDIA_PAIRS_MIN}",
             )
         latch = self._choice(m, "media.latch", d.latch, LATCHES)
+        hold = self._choice(m, "media.hold_audio", d.hold_audio, HOLD_AUDIO)
         if len(self.sink) > before or host is None or low is None or high is None:
             return None
-        return MediaConfig(host, low, high, cast(Latch, latch))
+        return MediaConfig(host, low, high, cast(Latch, latch), cast(HoldAudio, hold))
 
     def _clash(self, sip: SipConfig, http: HttpConfig, top: Entries) -> None:
         """The HTTP API and a SIP TCP socket on one address would fail to bind. (A SIP UDP port

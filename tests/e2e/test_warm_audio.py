@@ -3,7 +3,7 @@
 SIPp does the signalling of the three parties (``uac-911-caller-media``, ``uas-answer-media`` as
 the dispatcher and as the 988 counselor), but each party's SDP names a UDP socket this test owns
 (``-key rtp_port``). Each SIPp logs the SDP it gets from handoffd (``-trace_logs``), and the test
-sends that party's 20 ms G.711 packets to the relay address found there: the caller a 440 Hz
+sends that party's 20 ms G.711 packets to the relay address found there: the caller a 560 Hz
 tone in PCMA, the dispatcher 1000 Hz and the counselor 1800 Hz in PCMU (none a harmonic of
 another; the caller's law differs, so the conference has to transcode). What each socket
 receives is decoded with the test's own G.711 expansion (``tests/peers/rtp.py``, not the
@@ -13,8 +13,9 @@ at 2600 Hz, where nobody sends (the noise floor).
 "hears X": the median window amplitude of X's tone is at least half what X sent and 20 times the
 noise floor; "does not hear X": no window reaches 5 % of what X sent (26 dB down; a party
 hearing itself would read about 100 %). Audio windows start after a settling time and need
-packets flowing (80 % of one every 20 ms), except the held caller's (not specified: hold audio
-may be a comfort tone or silence, so only the absence of dispatcher and counselor is checked).
+packets flowing (80 % of one every 20 ms). The held caller on consult hears handoffd's comfort
+tone (the default ``media.hold_audio: tone``: a 425 Hz beep at the start of every 4 s) and
+nothing of dispatcher and counselor; nobody else ever hears 425 Hz.
 
 The HTTP API drives the transfer; the test reads nothing from the daemon object but its HTTP
 port. The measurements are taken after the call ends (so no measuring stalls the event loop
@@ -51,13 +52,15 @@ from tests.peers.rtp import (
     pace,
     tone,
 )
-from tests.peers.sipp import SippResult, SippRun, free_port, start_sipp
+from tests.peers.sipp import SippResult, SippRun, free_port, media_port, start_sipp
 
-CALLER_HZ, DISPATCHER_HZ, COUNSELOR_HZ = 440.0, 1000.0, 1800.0
+CALLER_HZ, DISPATCHER_HZ, COUNSELOR_HZ = 560.0, 1000.0, 1800.0
 NOISE_HZ = 2600.0  # nobody sends here: the noise floor
+HOLD_HZ = 425.0  # handoffd's comfort tone on consult hold (media.hold_audio: tone, the default)
+HOLD_PERIOD = 4.0  # s: one short beep at the start of every period (telephony/media/tones.py)
 TONES = (CALLER_HZ, DISPATCHER_HZ, COUNSELOR_HZ)
 AMP = 6000.0  # every party sends at this amplitude (about -15 dBFS)
-WINDOW = 800  # 100 ms: whole cycles of 440, 1000, 1800 and 2600 Hz
+WINDOW = 800  # 100 ms: whole cycles of 560, 1000, 1800 and 2600 Hz (425 is 13.5 bins from 560)
 PRESENT = 0.5 * AMP  # median window, of a tone that must be heard
 ABSENT = 0.05 * AMP  # every window, of a tone that must not be heard
 FLOOR_MARGIN = 20.0  # a heard tone is at least this many times the noise floor
@@ -114,7 +117,7 @@ async def _sipp(
         timeout_s=40,
         extra=(
             *("-key", "rtp_port", str(party.phone.port), "-key", "party", party.name),
-            *("-d", str(pause_ms), "-mp", str(free_port() & ~1)),
+            *("-d", str(pause_ms), "-mp", media_port()),
             *("-trace_logs", "-log_file", str(party.log)),
         ),
     )
@@ -232,7 +235,8 @@ class Heard:
 
     def __str__(self) -> str:
         tones = " ".join(
-            f"{f:.0f}Hz={self.median(f):.0f}/{self.peak(f):.0f}" for f in (*TONES, NOISE_HZ)
+            f"{f:.0f}Hz={self.median(f):.0f}/{self.peak(f):.0f}"
+            for f in (*TONES, NOISE_HZ, HOLD_HZ)
         )
         return (
             f"{self.packets}/{self.expected} pkts pt={sorted(self.types)} "
@@ -245,7 +249,7 @@ def heard(phone: TonePhone, t0: float, t1: float) -> Heard:
     samples = samples[: len(samples) // WINDOW * WINDOW]
     levels = {
         f: [goertzel(samples[i : i + WINDOW], f) for i in range(0, len(samples), WINDOW)]
-        for f in (*TONES, NOISE_HZ)
+        for f in (*TONES, NOISE_HZ, HOLD_HZ)
     }
     return Heard(levels, packets, round((t1 - t0) / 0.02), types)
 
@@ -297,6 +301,8 @@ def verdict(windows: list[Window]) -> None:
             assert h.packets >= FLOW * h.expected, f"{where}: audio stopped\n{text}"
             assert len(h.levels[NOISE_HZ]) >= 5, f"{where}: too little G.711 audio\n{text}"
         floor = h.median(NOISE_HZ)
+        if e.party.name != "caller" or w.label != "consulting":  # the hold tone: nobody else
+            assert h.peak(HOLD_HZ) <= ABSENT, f"{where} must not hear the hold tone\n{text}"
         for f in e.present:
             assert h.median(f) >= PRESENT and h.median(f) >= FLOOR_MARGIN * floor, (
                 f"{where} should hear {f:.0f} Hz\n{text}"
@@ -406,7 +412,7 @@ async def test_consult_then_conference_then_dispatcher_hangs_up(
     after answering) completes the handoff: caller and counselor hear each other only (the
     dispatcher's phone still streams to its old relay address), and nothing goes to it."""
     windows: list[Window] = []
-    parties = three_parties(tmp_path, ports, caller_ms=10_000, dispatcher_ms=6000)
+    parties = three_parties(tmp_path, ports, caller_ms=15_000, dispatcher_ms=11_000)
     async with parties as (caller, disp, coun), aiohttp.ClientSession() as session:
         api = Api(session, daemon.http_port)
         call = await api.connected_call()
@@ -415,18 +421,21 @@ async def test_consult_then_conference_then_dispatcher_hangs_up(
         assert status == 202 and t["mode"] == "consult", t
         t = await api.transfer_until(t["id"], ("trying", "ringing", "answered"))
         assert t["state"] == "consulting", t
+        held_from = asyncio.get_running_loop().time() + 0.15  # after the switch
         await ready(coun)
         windows.append(
             await window(
                 "consulting",
-                # hold audio is not specified (comfort tone or silence; a tone could be at
-                # 440 Hz, e.g. the US dial tone's 350 + 440): only the other two must be absent
-                Expect(caller, (), (DISPATCHER_HZ, COUNSELOR_HZ), flow=False),
+                # the held caller hears the comfort tone (checked below), not the other two
+                Expect(caller, (), (DISPATCHER_HZ, COUNSELOR_HZ)),
                 hears(disp, COUNSELOR_HZ),  # not the held caller, not itself
                 hears(coun, DISPATCHER_HZ),
             )
         )
 
+        # the held caller: a comfort tone that beeps, with silence between (two beeps)
+        await asyncio.sleep(held_from + HOLD_PERIOD + 0.5 - asyncio.get_running_loop().time())
+        hold = heard(caller.phone, held_from, held_from + HOLD_PERIOD + 0.5)
         status, t = await api("POST", f"/v1/transfers/{t['id']}/conference")
         assert status == 200 and t["state"] == "conference", t
         windows.append(
@@ -458,3 +467,8 @@ async def test_consult_then_conference_then_dispatcher_hangs_up(
         disp_after = disp.phone.audio_between(gone.t0, gone.t1)[1]
     verdict(windows)
     assert disp_after == 0, f"the departed dispatcher still got {disp_after} packets"
+    print(f"caller on consult hold: {hold}")
+    beeping = [lv >= 0.2 * AMP for lv in hold.levels[HOLD_HZ]]
+    assert hold.packets >= FLOW * hold.expected, f"hold: the tone stream stopped: {hold}"
+    assert 2 <= sum(beeping) <= 8 and beeping.count(False) >= 30, f"no beeps: {hold}"
+    assert all(max(hold.levels[f]) <= ABSENT for f in TONES if f != CALLER_HZ), hold

@@ -157,6 +157,8 @@ class FakeMedia:
     bridges: list[tuple[MediaHandle, MediaHandle]] = field(default_factory=list)
     #: conference key -> [(handle, codec, telephone-event pt)] being mixed
     mixes: dict[str, list[tuple[MediaHandle, int, int | None]]] = field(default_factory=dict)
+    #: conference key -> the handle held there with the comfort tone (MediaPort.hold)
+    held: dict[str, MediaHandle] = field(default_factory=dict)
     #: (handle, telephone-event payload type, call id) whose keys are reported
     watched: list[tuple[MediaHandle, int, str]] = field(default_factory=list)
 
@@ -182,9 +184,15 @@ class FakeMedia:
                 parties[:] = [p for p in parties if p[0] not in handles]
         self.bridges = [(x, y) for x, y in self.bridges if x not in handles and y not in handles]
         self.mixes[key] = list(legs)
+        self.held.pop(key, None)  # mixing takes a held leg off hold
 
     def unmix(self, key: str) -> None:
         self.mixes.pop(key, None)
+        self.held.pop(key, None)
+
+    def hold(self, key: str, leg: MediaHandle, codec: int, event_pt: int | None) -> None:  # type: ignore[override]
+        self.mix(key, [(leg, codec, event_pt)])
+        self.held[key] = leg
 
     def watch_keys(self, leg: MediaHandle, payload_type: int, key: str) -> None:
         self.watched.append((leg, payload_type, key))

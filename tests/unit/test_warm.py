@@ -6,6 +6,7 @@ tests/unit/test_mixer.py and the audio tests; this file checks who is joined to 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -127,11 +128,14 @@ def test_consult_holds_the_caller_then_conference_then_complete(tmp_path: Path) 
     t = w.core.transfers[tid]
     assert t.state is TState.CONSULTING
     assert call.dispatcher is not None and call.destination is not None
-    # dispatcher and counselor talk; the caller's endpoint is in no bridge: it hears nothing
+    # dispatcher and counselor talk; the caller is in no bridge, alone with the comfort tone
     assert w.media.partner(call.dispatcher.media) is call.destination.media  # type: ignore[arg-type]
     assert w.media.partner(call.caller.media) is None  # type: ignore[arg-type]
+    assert w.media.held == {call.id: call.caller.media}
+    assert w.media.mixed(call.id) == [call.caller.media]
     w.core.warm.conference(tid, now=w.net.now)
     assert t.state is TState.CONFERENCE and len(w.media.mixed(call.id)) == 3
+    assert w.media.held == {}  # off hold, into the mix
     with pytest.raises(SipError) as err:
         w.core.warm.conference(tid, now=w.net.now)
     assert err.value.status == 409 and "conference" in err.value.reason
@@ -145,6 +149,28 @@ def test_consult_holds_the_caller_then_conference_then_complete(tmp_path: Path) 
         ("party_joined", "caller"),  # conference
         ("party_left", "dispatcher"),  # complete
     ]
+
+
+def test_consult_hold_audio_silence_plays_no_tone(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    cfg = w.core.config
+    w.core.config = replace(cfg, media=replace(cfg.media, hold_audio="silence"))
+    call_id = w.connect()
+    t = w.core.cold.start_transfer(call_id, mode="consult", now=w.net.now)
+    w.net.advance(2.0)
+    call = _call(w)
+    assert t.state is TState.CONSULTING
+    assert w.media.held == {} and w.media.mixed(call.id) == []
+    assert w.media.partner(call.caller.media) is None  # type: ignore[arg-type]
+
+
+def test_consult_cancel_ends_the_hold_and_returns_the_caller(tmp_path: Path) -> None:
+    w, call, tid = _warm(tmp_path, mode="consult")
+    w.net.advance(2.0)
+    assert w.media.held == {call.id: call.caller.media}
+    w.core.cold.cancel_transfer(tid, now=w.net.now)
+    w.net.advance(1.0)
+    assert w.media.held == {} and w.media.mixed(call.id) == [] and w.bridged_to(w.disp1)
 
 
 def test_consult_caller_gone_is_abandoned_on_consult_hold(tmp_path: Path) -> None:
