@@ -113,6 +113,7 @@ class FakeControl:
             "triage_level": request.triage_level,
             "reason": request.reason,
             "rule": "level-1-cold",
+            "dispatcher_stays": False,
             "outcome": None,
             "sip_status": None,
             "timeline": [
