@@ -13,7 +13,6 @@ one with every SDP we send on this leg (RFC 3264 §8).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from telephony.sip.dialog import Dialog, Uas2xxRetransmitter
 from telephony.sip.errors import SipError
 from telephony.sip.message import Request, Response
 from telephony.sip.sdp import (
+    Connection,
     MediaDescription,
     Origin,
     SessionDescription,
@@ -33,7 +33,6 @@ from telephony.sip.sdp import (
     direction,
     is_hold,
     parse_sdp,
-    rewrite_connection,
     rtcp_port,
     set_direction,
 )
@@ -41,6 +40,8 @@ from telephony.sip.transaction import Endpoint, TransactionKey
 from telephony.sip.uri import URI
 
 Role = Literal["caller", "dispatcher", "destination", "consult"]
+#: attributes that describe the other leg's transport: never passed across the anchor
+_NOT_ANCHORED = frozenset({"rtcp", "candidate", "crypto"})
 _session_ids = itertools.count(1)
 
 
@@ -165,31 +166,41 @@ class Leg:
     def sdp_for(self, source: SessionDescription, *, hold: bool | None = None) -> bytes:
         """The SDP this leg gets: ``source`` (the other leg's SDP) anchored on our endpoint.
         ``hold=False`` forces the audio stream to sendrecv (taking a caller off hold after a
-        transfer); ``True`` to sendonly."""
+        transfer); ``True`` to sendonly.
+
+        Anchoring: every ``c=`` becomes our host; the first RTP audio stream gets our port and
+        the others port 0; ``a=rtcp``, ``a=candidate`` and ``a=crypto`` are dropped (they
+        describe the other leg's transport); ``o=`` is our own, its version one up per SDP sent
+        on this leg. Built in one pass (one new object per section, no intermediate copies)."""
         host = self.media.host
-        sd = rewrite_connection(source, host, preserve_hold=False)
-        first = audio_index(sd)
+        conn = Connection.for_address(host)
+        first = audio_index(source)
         media: list[MediaDescription] = []
-        for i, m in enumerate(sd.media):
-            attrs = tuple(a for a in m.attributes if a.name not in ("rtcp", "candidate", "crypto"))
-            if i == first:
-                m = dataclasses.replace(m, port=self.media.rtp_port, attributes=attrs)
-                if hold is not None:
-                    m = set_direction(m, "sendonly" if hold else "sendrecv")
-            else:
-                m = dataclasses.replace(m, port=0, attributes=attrs)
-            media.append(m)
+        for i, m in enumerate(source.media):
+            attrs = tuple(a for a in m.attributes if a.name not in _NOT_ANCHORED)
+            out_m = MediaDescription(
+                m.media_type,
+                self.media.rtp_port if i == first else 0,
+                m.proto,
+                m.formats,
+                m.port_count,
+                None if m.connection is None else conn,
+                m.lines,
+                attrs,
+            )
+            if i == first and hold is not None:
+                out_m = set_direction(out_m, "sendonly" if hold else "sendrecv")
+            media.append(out_m)
         self.sdp_version += 1
-        conn = sd.connection
-        origin = Origin(
-            "handoffd",
-            self.session_id,
-            self.sdp_version,
-            conn.net_type if conn else "IN",
-            "IP6" if ":" in host else "IP4",
-            host,
+        origin = Origin("handoffd", self.session_id, self.sdp_version, "IN", conn.addr_type, host)
+        out = SessionDescription(
+            origin,
+            source.session_name,
+            None if source.connection is None else conn,
+            source.lines,
+            source.attributes,
+            tuple(media),
         )
-        out = dataclasses.replace(sd, origin=origin, media=tuple(media))
         self.sent_sdp = out
         return out.to_bytes()
 

@@ -124,6 +124,11 @@ def _request_uri(uri: URI) -> URI:
     return uri
 
 
+def _untagged(na: NameAddr) -> NameAddr:
+    """``na`` without its header params (``na._replace(params=())``, without its overhead)."""
+    return NameAddr(na.uri, na.display_name) if na.params else na
+
+
 def _fail(reason: str, status: int, side: Side) -> ProtocolError:
     return ProtocolError(reason, status=status, side=side)
 
@@ -182,8 +187,8 @@ class Dialog:
             call_id=invite.call_id,
             local_tag=invite.from_.tag or "",
             remote_tag=tag,
-            local_uri=invite.from_._replace(params=()),
-            remote_uri=invite.to._replace(params=()),
+            local_uri=_untagged(invite.from_),
+            remote_uri=_untagged(invite.to),
             remote_target=target,
             route_set=tuple(reversed(response.record_route)),
             local_seq=invite.cseq.seq,
@@ -222,8 +227,8 @@ class Dialog:
             call_id=invite.call_id,
             local_tag=local_tag,
             remote_tag=invite.from_.tag or "",
-            local_uri=invite.to._replace(params=()),
-            remote_uri=invite.from_._replace(params=()),
+            local_uri=_untagged(invite.to),
+            remote_uri=_untagged(invite.from_),
             remote_target=target,
             route_set=tuple(invite.record_route),
             local_seq=None,

@@ -13,9 +13,9 @@ All parsers raise :class:`ParseError` (400) on malformed input and nothing else.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from telephony.sip.errors import ParseError
 from telephony.sip.uri import URI, Params, parse_uri
@@ -254,18 +254,63 @@ class NameAddr(NamedTuple):
         return _get(self.params, name.lower())
 
     def with_tag(self, tag: str) -> NameAddr:
-        return self._replace(params=_set_param(self.params, "tag", tag))
+        return _new(NameAddr, (self.uri, self.display_name, _set_param(self.params, "tag", tag)))
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
-        return self._replace(params=_set_param(self.params, name.lower(), value))
+        params = _set_param(self.params, name.lower(), value)
+        return _new(NameAddr, (self.uri, self.display_name, params))
 
     def __str__(self) -> str:
         disp = f"{quote(self.display_name)} " if self.display_name else ""
         return f"{disp}<{self.uri}>{format_params(self.params)}"
 
 
+class _Memo:
+    """The last parses of header values, by exact text. The same From, To, Via and Contact text
+    comes back several times in a call (our INVITE's Via and From in every response to it, the
+    caller's From in its ACK and BYE), and the values are immutable tuples, so a repeat costs a
+    dict look-up instead of a parse. Only successful parses are kept, so malformed text is
+    parsed (and refused) every time. Two generations of ``size`` entries: the older one is
+    dropped when the newer fills up. Only values up to ``MAX_TEXT`` characters are kept (a
+    peer must not be able to park megabytes of header text here)."""
+
+    MAX_TEXT = 256
+    __slots__ = ("new", "old", "size")
+
+    def __init__(self, size: int = 2048) -> None:
+        self.new: dict[str, Any] = {}
+        self.old: dict[str, Any] = {}
+        self.size = size
+
+    def get(self, text: str) -> Any:
+        found = self.old.get(text)
+        if found is not None:
+            self.put(text, found)
+        return found
+
+    def put(self, text: str, value: Any) -> None:
+        if len(text) > self.MAX_TEXT:
+            return
+        if len(self.new) >= self.size:
+            self.old, self.new = self.new, {}
+        self.new[text] = value
+
+
+_ADDRESSES = _Memo()
+_VIAS = _Memo()
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params. Raises ParseError."""
+    found = _ADDRESSES.new.get(value) or _ADDRESSES.get(value)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    parsed = _parse_name_addr(value)
+    _ADDRESSES.put(value, parsed)
+    return parsed
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     m = _FAST_NAME_ADDR.match(value)
     if m is not None:
         quoted, words, uri_text, ptext = m.groups()
@@ -342,7 +387,7 @@ class Via(NamedTuple):
 
     @property
     def has_rport(self) -> bool:
-        return any(k == "rport" for k, _ in self.params)
+        return ("rport", None) in self.params or any(k == "rport" for k, _ in self.params)
 
     @property
     def sent_by(self) -> str:
@@ -358,13 +403,17 @@ class Via(NamedTuple):
         return _get(self.params, name.lower())
 
     def with_param(self, name: str, value: str | None) -> Via:
-        return self._replace(params=_set_param(self.params, name.lower(), value))
+        params = _set_param(self.params, name.lower(), value)
+        return _new(Via, (self.transport, self.host, self.port, params))
 
     def __str__(self) -> str:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
 def parse_via(value: str) -> Via:
+    found = _VIAS.new.get(value) or _VIAS.get(value)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     m = _VIA.match(value.strip())
     if m is None:
         raise ParseError("bad Via")
@@ -372,7 +421,7 @@ def parse_via(value: str) -> Via:
     port = int(port_s) if port_s else None
     if port is not None and port > 65535:
         raise ParseError("bad Via port")
-    return _new(
+    via: Via = _new(
         Via,
         (
             m.group("transport").upper(),
@@ -381,15 +430,45 @@ def parse_via(value: str) -> Via:
             parse_params(m.group("rest")),
         ),
     )
+    _VIAS.put(value, via)
+    return via
+
+
+class _Random:
+    """Random bytes from the OS's CSPRNG (``os.urandom``, what :mod:`secrets` uses), read 4 KiB
+    at a time: a call takes a dozen tags and branches, and one ``getrandom`` system call each
+    was measurable. The block is dropped in a forked child (it must not repeat the parent's)."""
+
+    BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def hex(self, n: int) -> str:
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._buf, pos = os.urandom(self.BLOCK), 0
+        self._pos = pos + n
+        return self._buf[pos : pos + n].hex()
+
+    def reset(self) -> None:
+        self._buf, self._pos = b"", 0
+
+
+_random = _Random()
+os.register_at_fork(after_in_child=_random.reset)
 
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch (magic cookie + 96 random bits)."""
-    return BRANCH_COOKIE + secrets.token_hex(12)
+    return BRANCH_COOKIE + _random.hex(12)
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    """A fresh tag: 64 random bits from the OS's CSPRNG (RFC 3261 §19.3: globally unique,
+    cryptographically random, at least 32 bits)."""
+    return _random.hex(8)
 
 
 class CSeq(NamedTuple):

@@ -295,10 +295,15 @@ class Message:
 
     @property
     def call_id(self) -> str:
+        cache = self.headers._cache
+        found = cache.get("call-id")
+        if found is not None:
+            return found  # type: ignore[no-any-return]
         val = self.headers.get("call-id")
         if val is None or not val.strip():
             raise ParseError("missing Call-ID header")
-        return val.strip()
+        found = cache["call-id"] = val.strip()
+        return found
 
     @property
     def cseq(self) -> CSeq:
@@ -414,7 +419,8 @@ class Message:
         lines = [start]
         wrote_length = False
         for name, value in self.headers:
-            if len(name) <= 14 and canonical(name) == "content-length":
+            # only "Content-Length" (any case) and compact "l" canonicalize to content-length
+            if (len(name) == 14 or len(name) == 1) and canonical(name) == "content-length":
                 if wrote_length:
                     continue
                 value = str(len(body))
@@ -554,18 +560,37 @@ def make_response(
     """A response to ``request`` per RFC 3261 §8.2.6: Via lines, From, To (with ``to_tag`` added
     when it has none), Call-ID and CSeq copied as written; Timestamp echoed on 100."""
     src = request.headers
-    out: list[tuple[str, str]] = [("Via", v) for v in src.get_all("via")]
+    index = src._idx()
+    items = src._items
+    out: list[tuple[str, str]] = [("Via", items[i][1]) for i in index.get("via", ())]
     out.append(("From", src.get("from") or ""))
     to = src.get("to") or ""
-    if to_tag is not None and status != 100 and request.to.tag is None:
+    tagged = to_tag is not None and status != 100 and request.to.tag is None
+    if tagged:
         to = f"{to};tag={to_tag}"
+        _check_line("To", to)
     out.append(("To", to))
     out.append(("Call-ID", src.get("call-id") or ""))
     out.append(("CSeq", src.get("cseq") or ""))
     if status == 100 and (ts := src.get("timestamp")) is not None:
         out.append(("Timestamp", ts))
-    out.extend(headers)
-    return Response(status, reason, Headers(out), body)
+    for name, value in headers:
+        _check_line(name, value)
+        out.append((name, value))
+    # the copied lines were checked when the request was parsed or built: no second check;
+    # their typed values are the request's (same text, same parse), so they are not parsed
+    # again when the transaction layer reads the response's Via and CSeq
+    resp = Response(status, reason, Headers._parsed(out, None), body)
+    cache = src._cache
+    primed = resp.headers._cache
+    for key in ("from", "cseq", "call-id") if tagged else ("from", "to", "cseq", "call-id"):
+        known = cache.get(key)
+        if known is not None:
+            primed[key] = known
+    vias = cache.get("via")
+    if vias is not None:
+        primed["via"] = list(vias)
+    return resp
 
 
 def make_request(

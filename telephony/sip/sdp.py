@@ -140,6 +140,8 @@ class _Attributed:
 
 
 def _ordered(lines: tuple[Line, ...], before_c: frozenset[str]) -> tuple[Line, ...]:
+    if len(lines) < 2:  # the usual case (a session's t=, a media section's nothing)
+        return lines
     head = tuple(ln for ln in lines if ln.letter in before_c)
     return head + tuple(ln for ln in lines if ln.letter not in before_c)
 
@@ -271,8 +273,11 @@ def _parse_attribute(value: str) -> Attribute:
     return Attribute(name, rest if sep else None)
 
 
-def _parse_media(value: str) -> MediaDescription:
-    f = _fields(value)
+def _parse_media(value: str) -> tuple[str, int, str, tuple[str, ...], int]:
+    """The fields of an ``m=`` line: media, port, proto, formats, port count."""
+    f = value.split(" ")
+    if "\t" in value or not all(f):
+        f = _fields(value)
     if len(f) < 3:
         raise ParseError("SDP: m= needs media, port and proto")
     media_type, port_spec, proto, formats = f[0], f[1], f[2], tuple(f[3:])
@@ -281,29 +286,32 @@ def _parse_media(value: str) -> MediaDescription:
     count = _uint(count_text, "m= port count", 65535) if sep else 1
     if count < 1:
         raise ParseError("SDP: m= port count must be at least 1")
-    media = MediaDescription(media_type, port, proto, formats, count)
     if not formats and port != 0:
         raise ParseError("SDP: m= without formats")
-    if media.is_rtp:
+    if "RTP" in proto.split("/"):
         for fmt in formats:
-            _uint(fmt, "RTP payload type in m=", 127)
-    return media
+            if not (fmt.isdigit() and fmt.isascii() and len(fmt) <= 3 and int(fmt) <= 127):
+                _uint(fmt, "RTP payload type in m=", 127)  # raises with the precise reason
+    return media_type, port, proto, formats, count
 
 
 def _split_lines(text: str) -> list[tuple[str, str]]:
+    # a CR inside a line needs a CR that is not followed by LF: check lines only then
+    check = "\x00" in text or text.count("\r") != text.count("\r\n")
     entries: list[tuple[str, str]] = []
+    append = entries.append
     for raw in text.split("\n"):
         line = raw.rstrip("\r \t")
         if not line:
             continue
-        if "\r" in line or "\x00" in line:
+        if check and ("\r" in line or "\x00" in line):
             raise ParseError("SDP: stray CR or NUL in line")
-        if len(line) < 2 or line[1] != "=":
-            raise ParseError("SDP: line is not <type>=<value>")
         letter = line[0]
+        if line[1:2] != "=":
+            raise ParseError("SDP: line is not <type>=<value>")
         if not ("a" <= letter <= "z"):
             raise ParseError("SDP: line type must be a lowercase letter")
-        entries.append((letter, line[2:]))
+        append((letter, line[2:]))
     return entries
 
 
@@ -320,13 +328,15 @@ def _decode(data: bytes | bytearray | memoryview | str) -> str:
         raise ParseError("SDP: body is not UTF-8") from None
 
 
-@dataclass(slots=True)
 class _Section:
     """Mutable accumulator for one section while parsing."""
 
-    connection: Connection | None = None
-    lines: list[Line] = dataclasses.field(default_factory=list)
-    attributes: list[Attribute] = dataclasses.field(default_factory=list)
+    __slots__ = ("attributes", "connection", "lines")
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.lines: list[Line] = []
+        self.attributes: list[Attribute] = []
 
     def add(self, letter: str, value: str) -> None:
         if letter == "a":
@@ -346,11 +356,14 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         raise ParseError("SDP: must start with v=0")
     origin: Origin | None = None
     session_name: str | None = None
-    session = _Section()
-    media: list[tuple[MediaDescription, _Section]] = []
+    section = session = _Section()
+    media: list[tuple[tuple[str, int, str, tuple[str, ...], int], _Section]] = []
     for letter, value in entries[1:]:
-        if letter == "m":
-            media.append((_parse_media(value), _Section()))
+        if letter == "a":  # most lines: straight to the current section
+            section.attributes.append(_parse_attribute(value))
+        elif letter == "m":
+            section = _Section()
+            media.append((_parse_media(value), section))
         elif letter in "vos" and media:
             raise ParseError(f"SDP: {letter}= inside a media section")
         elif letter == "v":
@@ -364,7 +377,7 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
                 raise ParseError("SDP: duplicate s=")
             session_name = value
         else:
-            (media[-1][1] if media else session).add(letter, value)
+            section.add(letter, value)
     if origin is None:
         raise ParseError("SDP: missing o=")
     lines = session.lines
@@ -372,10 +385,10 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         at = next((i for i, ln in enumerate(lines) if ln.letter not in "iuepb"), len(lines))
         lines.insert(at, Line("t", "0 0"))
     built = tuple(
-        dataclasses.replace(
-            m, connection=s.connection, lines=tuple(s.lines), attributes=tuple(s.attributes)
+        MediaDescription(
+            mtype, port, proto, formats, count, s.connection, tuple(s.lines), tuple(s.attributes)
         )
-        for m, s in media
+        for (mtype, port, proto, formats, count), s in media
     )
     if session.connection is None and any(m.connection is None and m.port for m in built):
         raise ParseError("SDP: no c= at session level or in an active m= section")
