@@ -12,6 +12,7 @@ Three middlewares wrap every handler, outermost first:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -140,9 +141,13 @@ def bearer_ok(header: str | None, tokens: Collection[str]) -> bool:
     given = _digest(credentials)
     matched = False
     for token in tokens:
-        if token and hmac.compare_digest(given, _digest(token)):
+        if token and hmac.compare_digest(given, _token_digest(token)):
             matched = True
     return matched
+
+
+#: the configured tokens' digests, computed once each (never the digest of what a client sent)
+_token_digest = functools.lru_cache(maxsize=64)(_digest)
 
 
 def _protected(request: web.Request) -> bool:

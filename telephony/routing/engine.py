@@ -54,6 +54,11 @@ class RuleTrace:
         return None if self.matched else self.checks[-1]
 
 
+# what a checker returns when asked for the outcome only (``why=False``: no reason text)
+_HELD = Check("", True, "")
+_FAILED = Check("", False, "")
+
+
 def _fmt(values: tuple[str, ...] | tuple[int, ...]) -> str:
     """``"3"`` for one value, ``"one of 1, 2"`` for several."""
     if len(values) == 1:
@@ -61,71 +66,89 @@ def _fmt(values: tuple[str, ...] | tuple[int, ...]) -> str:
     return "one of " + ", ".join(str(v) for v in values)
 
 
-def _check_trunk(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_trunk(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.trunks is not None
     if call.trunk is None:
-        return Check("trunk", False, "the call has no trunk")
+        return Check("trunk", False, "the call has no trunk") if why else _FAILED
     ok = call.trunk in c.trunks
+    if not why:
+        return _HELD if ok else _FAILED
     verb = "is" if ok else "is not"
     return Check("trunk", ok, f"trunk {call.trunk!r} {verb} {_fmt(c.trunks)}")
 
 
-def _check_called(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_called(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.called is not None
     if call.called is None:
-        return Check("called", False, "the call has no called number")
+        return Check("called", False, "the call has no called number") if why else _FAILED
     n = normalize_number(call.called)
     ok = n in c.called
+    if not why:
+        return _HELD if ok else _FAILED
     verb = "is" if ok else "is not"
     return Check("called", ok, f"called number {call.called!r} {verb} {_fmt(c.called)}")
 
 
-def _check_called_pattern(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_called_pattern(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.called_patterns is not None
-    patterns = ", ".join(p.pattern for p in c.called_patterns)
     if call.called is None:
-        return Check("called_pattern", False, "the call has no called number")
+        return Check("called_pattern", False, "the call has no called number") if why else _FAILED
     n = normalize_number(call.called)
     for p in c.called_patterns:
         if p.fullmatch(n):
+            if not why:
+                return _HELD
             return Check(
                 "called_pattern", True, f"called number {call.called!r} matches {p.pattern}"
             )
+    if not why:
+        return _FAILED
+    patterns = ", ".join(p.pattern for p in c.called_patterns)
     return Check(
         "called_pattern", False, f"called number {call.called!r} matches none of {patterns}"
     )
 
 
-def _check_caller_prefix(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_caller_prefix(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.caller_prefixes is not None
     if call.caller is None:
-        return Check("caller_prefix", False, "the call has no caller number")
+        return Check("caller_prefix", False, "the call has no caller number") if why else _FAILED
     n = normalize_number(call.caller)
     if is_dialable(n):
         for prefix in c.caller_prefixes:
             if n.startswith(prefix):
+                if not why:
+                    return _HELD
                 return Check("caller_prefix", True, f"caller {call.caller!r} starts with {prefix}")
+    if not why:
+        return _FAILED
     prefixes = ", ".join(c.caller_prefixes)
     return Check("caller_prefix", False, f"caller {call.caller!r} starts with none of {prefixes}")
 
 
-def _check_area_code(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_area_code(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.area_codes is not None
     if call.caller is None:
-        return Check("area_code", False, "the call has no caller number")
+        return Check("area_code", False, "the call has no caller number") if why else _FAILED
     npa = nanp_area_code(call.caller)
     if npa is None:
+        if not why:
+            return _FAILED
         return Check("area_code", False, f"caller {call.caller!r} has no NANP area code")
     ok = npa in c.area_codes
+    if not why:
+        return _HELD if ok else _FAILED
     verb = "is" if ok else "is not"
     return Check("area_code", ok, f"caller area code {npa} {verb} {_fmt(c.area_codes)}")
 
 
-def _check_triage(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_triage(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.triage is not None
     if call.triage is None:
-        return Check("triage", False, "the call has no triage level")
+        return Check("triage", False, "the call has no triage level") if why else _FAILED
     ok = call.triage in c.triage
+    if not why:
+        return _HELD if ok else _FAILED
     verb = "is" if ok else "is not"
     return Check("triage", ok, f"triage level {call.triage} {verb} {_fmt(c.triage)}")
 
@@ -136,33 +159,40 @@ def language_matches(tag: str, wanted: str) -> bool:
     return t == wanted or t.startswith(wanted + "-")
 
 
-def _check_language(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_language(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.languages is not None
     if call.language is None:
-        return Check("language", False, "the call has no language")
+        return Check("language", False, "the call has no language") if why else _FAILED
     for wanted in c.languages:
         if language_matches(call.language, wanted):
+            if not why:
+                return _HELD
             return Check("language", True, f"language {call.language!r} matches {wanted}")
+    if not why:
+        return _FAILED
     wanted = ", ".join(c.languages)
     return Check("language", False, f"language {call.language!r} matches none of {wanted}")
 
 
-def _check_time(c: Conditions, call: CallDescription, now: datetime) -> Check:
+def _check_time(c: Conditions, call: CallDescription, now: datetime, why: bool) -> Check:
     assert c.time is not None
     seen: list[str] = []
     for window in c.time:
         try:
             inside = window.contains(now)
-            local = local_time_text(now, window.zone)
+            local = local_time_text(now, window.zone)  # may fail where contains did not
         except (OverflowError, ValueError):
             inside, local = False, f"{now.isoformat()} (out of range)"
         if inside:
+            if not why:
+                return _HELD
             return Check("time", True, f"{local} is within {window.describe()}")
-        seen.append(f"{local} is outside {window.describe()}")
-    return Check("time", False, "; ".join(seen))
+        if why:
+            seen.append(f"{local} is outside {window.describe()}")
+    return Check("time", False, "; ".join(seen)) if why else _FAILED
 
 
-_Checker = Callable[[Conditions, CallDescription, datetime], Check]
+_Checker = Callable[[Conditions, CallDescription, datetime, bool], Check]
 
 # Field of Conditions -> its checker, in evaluation order.
 _CHECKS: tuple[tuple[str, _Checker], ...] = (
@@ -188,7 +218,7 @@ def trace_rule(rule: Rule, call: CallDescription, now: datetime) -> RuleTrace:
     for attr, checker in _CHECKS:
         if getattr(rule.conditions, attr) is None:
             continue
-        check = checker(rule.conditions, call, now)
+        check = checker(rule.conditions, call, now, True)
         checks.append(check)
         if not check.matched:
             return RuleTrace(rule.name, rule.source, False, tuple(checks))
@@ -314,10 +344,20 @@ class RuleSet:
     def match(self, call: CallDescription, now: datetime) -> Decision | None:
         """The decision of the first rule that matches ``call`` at ``now``, else ``None``.
 
-        The same walk as :meth:`explain`, so the two can never disagree. Raises ``ValueError``
-        only for a naive ``now``; any call description is fine.
+        The same walk and the same checks as :meth:`explain`, so the two can never disagree;
+        only the reasons are not written out (a transfer waits on this). Raises
+        ``ValueError`` only for a naive ``now``; any call description is fine.
         """
-        return self.explain(call, now).decision
+        _require_aware(now)
+        for rule in self.rules:
+            conditions = rule.conditions
+            for attr, checker in _CHECKS:
+                tested = getattr(conditions, attr) is not None
+                if tested and not checker(conditions, call, now, False).matched:
+                    break
+            else:
+                return rule.decision
+        return None
 
     def explain(self, call: CallDescription, now: datetime) -> Explanation:
         """Like :meth:`match`, with the reasons for every rule tried."""

@@ -75,3 +75,31 @@ def test_with_the_phi_switch_on_the_values_are_kept(out: io.StringIO) -> None:
 )
 def test_machine_values_are_not_mistaken_for_numbers(text: str) -> None:
     assert logs._mask(text) == text
+
+
+def test_structlog_lines_keep_level_filter_exceptions_and_redaction(out: io.StringIO) -> None:
+    logs.configure("info", stream=out)
+    log = logs.get("telephony.records")
+    log.debug("below the level", call_id="c1")
+    try:
+        raise RuntimeError(f"caller {NUMBER}")
+    except RuntimeError:
+        log.exception("record failed", call_id="c1-00001234567", record="call_offered")
+    (line,) = lines(out)
+    assert line["event"] == "record failed" and line["level"] == "error"
+    assert line["logger"] == "telephony.records" and line["call_id"] == "c1-00001234567"
+    assert "RuntimeError: caller [redacted]" in str(line["exception"])
+    assert NUMBER not in out.getvalue()
+
+
+def test_a_new_configuration_takes_over_structlog_loggers() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    logs.configure("info", stream=first)
+    logs.get("telephony.records").info("one")
+    logs.configure("info", stream=second)
+    logs.get("telephony.records").info("two")
+    try:
+        assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["one"]
+        assert [json.loads(x)["event"] for x in second.getvalue().splitlines()] == ["two"]
+    finally:
+        logs.configure("warning", stream=io.StringIO())
