@@ -9,6 +9,11 @@ gave up is the last one handed out again. Stray packets still in flight to a fin
 peer that has not processed our BYE yet) therefore do not land in the next call, and latching
 (see :mod:`telephony.media.relay`) is not captured by them.
 
+A pair may be released with its sockets still open (``release(port, keep=pair)``): the owner
+keeps reading them (the relay drops what arrives) and :meth:`PortAllocator.allocate` hands the
+same :class:`PortPair` back, sockets and all, when that port's turn in the FIFO comes. Nothing
+about the order changes; a kept pair just costs no socket, bind or close when it is reused.
+
 Errors carry the SIP status the call layer should answer with (house rule 5): an exhausted range
 is :class:`PortsExhaustedError` with status 503, which the call layer turns into ``503 Service
 Unavailable`` on the INVITE that needed media.
@@ -56,6 +61,9 @@ class PortPair:
     rtcp_port: int
     rtp_sock: socket.socket
     rtcp_sock: socket.socket
+    #: what the owner kept of a pair released with its sockets open (the relay: its transports);
+    #: set when :meth:`PortAllocator.allocate` hands a kept pair out again, else None
+    kept: object | None = None
 
     def close(self) -> None:
         """Close both sockets (for callers that never handed them to a transport)."""
@@ -86,6 +94,7 @@ class PortAllocator:
         self.last = last
         self._free: deque[int] = deque(range(first, last, 2))
         self._in_use: set[int] = set()
+        self._kept: dict[int, PortPair] = {}  # free pairs whose sockets are still open
         #: bind attempts that failed because another socket holds the port (skipped)
         self.bind_conflicts = 0
 
@@ -99,14 +108,24 @@ class PortAllocator:
         """Pairs handed out and not yet released."""
         return len(self._in_use)
 
+    @property
+    def kept(self) -> int:
+        """Free pairs whose sockets were kept open (see :meth:`release`)."""
+        return len(self._kept)
+
     def allocate(self) -> PortPair:
-        """Bind the next free pair, skipping ports that fail to bind.
+        """The next free pair in FIFO order: a kept pair as it was released (its ``kept`` set),
+        else a newly bound one, skipping ports that fail to bind.
 
         Raises :class:`PortsExhaustedError` when every free pair was tried once, or when the process
         is out of file descriptors / socket buffers.
         """
         for _ in range(len(self._free)):
             port = self._free.popleft()
+            kept = self._kept.pop(port, None)
+            if kept is not None:
+                self._in_use.add(port)
+                return kept
             try:
                 rtp = self._bind(port)
             except OSError as err:
@@ -124,11 +143,25 @@ class PortAllocator:
             return PortPair(self.host, port, port + 1, rtp, rtcp)
         raise PortsExhaustedError(f"media port range {self.first}-{self.last} exhausted")
 
-    def release(self, rtp_port: int) -> None:
-        """Give a pair back (its sockets already closed). Releasing twice is a no-op."""
+    def release(self, rtp_port: int, *, keep: PortPair | None = None, front: bool = False) -> None:
+        """Give a pair back: its sockets closed, or still open with ``keep`` (the pair, with
+        ``kept`` set to what the owner needs to use it again; ``allocate`` returns it as is).
+        ``front`` puts it at the head of the queue instead of the back (for pairs opened ahead
+        of need, never used). Releasing twice is a no-op."""
         if rtp_port in self._in_use:
             self._in_use.remove(rtp_port)
-            self._free.append(rtp_port)
+            if keep is not None:
+                self._kept[rtp_port] = keep
+            if front:
+                self._free.appendleft(rtp_port)
+            else:
+                self._free.append(rtp_port)
+
+    def take_kept(self) -> list[PortPair]:
+        """Every kept pair, no longer kept (its port stays free): the owner closes them."""
+        out = list(self._kept.values())
+        self._kept.clear()
+        return out
 
     def _check_port_error(self, err: OSError) -> None:
         if err.errno in _PORT_UNAVAILABLE:

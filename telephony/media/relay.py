@@ -69,6 +69,13 @@ to it. For Prometheus: ``handoff_rtp_packets_total{direction="in"|"out"}`` is
 ``rtp_packets_in`` / ``rtp_packets_out``, and ``handoff_rtp_dropped_total{reason}`` the
 ``dropped_*`` fields. Nothing is counted per call in metrics (house rule 12).
 
+Kept sockets (``keep_open``)
+---------------------------
+``Relay(..., keep_open=N)`` keeps a closed endpoint's sockets open for the next endpoint that
+gets its port (same FIFO order as without keeping); what arrives meanwhile is dropped and
+counted in ``dropped_source``. Details: :mod:`telephony.media.kept`. ``keep_open=0`` (the
+default) closes sockets as before.
+
 Hot path
 --------
 ``datagram_received`` does one length check, one byte test, one tuple compare against the
@@ -83,11 +90,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import operator
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal, cast
 
+from telephony.media.kept import KeptPairs
 from telephony.media.ports import MediaError, PortAllocator, PortPair
 
 log = logging.getLogger("telephony.media")
@@ -137,6 +146,7 @@ class MediaCounters:
 
 
 _COUNTER_NAMES = tuple(f.name for f in fields(MediaCounters))
+_counters_of = operator.attrgetter(*_COUNTER_NAMES)  # an endpoint's counters, as a tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,19 +392,14 @@ class LegEndpoint:
         """
         if rtcp_port is None:
             rtcp_port = rtp_port + 1 if rtp_port else 0
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise MediaError("SDP connection address is not an IP literal", 488, "peer") from None
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        family, normal, unspecified = _ip_literal(host)
         if family != self._ports.rtp_sock.family:
             raise MediaError("SDP address family not supported here", 488, "peer")
         if not (0 <= rtp_port <= 65535 and 0 <= rtcp_port <= 65535):
             raise MediaError("SDP media port out of range", 488, "peer")
-        normal = str(ip)
         rtp: Address | None = (normal, rtp_port)
         rtcp: Address | None = (normal, rtcp_port)
-        if ip.is_unspecified or rtp_port == 0:
+        if unspecified or rtp_port == 0:
             rtp = rtcp = None
         elif rtcp_port == 0:
             rtcp = None
@@ -447,7 +452,7 @@ class LegEndpoint:
 
     def stats(self) -> MediaCounters:
         """A snapshot of this endpoint's counters."""
-        return MediaCounters(*(getattr(self, n) for n in _COUNTER_NAMES))
+        return MediaCounters(*_counters_of(self))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -463,6 +468,8 @@ class LegEndpoint:
         self._rtp_dst = self._rtcp_dst = None
         self._relay._endpoint_closed(self)
         if not hasattr(self, "_rtp_transport"):  # still attaching: _attach closes them
+            return
+        if self._relay._keep(self):  # the sockets stay open for a later endpoint
             return
         self._rtp_transport.close()
         self._rtcp_transport.close()
@@ -640,6 +647,27 @@ class Bridge:
             raise MediaError("bridge is closed")
 
 
+_HOSTS: dict[str, tuple[int, str, bool]] = {}  # IP literals seen in SDP, parsed (bounded)
+
+
+def _ip_literal(host: str) -> tuple[int, str, bool]:
+    """(address family, normal text form, unspecified?) of an SDP ``c=`` address; MediaError
+    488 when it is not an IP literal. Remembered: a peer's address comes in every call."""
+    found = _HOSTS.get(host)
+    if found is not None:
+        return found
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise MediaError("SDP connection address is not an IP literal", 488, "peer") from None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    found = (int(family), str(ip), ip.is_unspecified)
+    if len(_HOSTS) >= 4096:
+        _HOSTS.clear()
+    _HOSTS[host] = found
+    return found
+
+
 def _small_reads(transport: asyncio.BaseTransport) -> None:
     """asyncio's selector loop reads each datagram with ``recvfrom(max_size)``, 256 KiB by
     default: glibc serves that with mmap or a heap grow + trim per packet, ~15 µs each (over
@@ -665,16 +693,27 @@ class Relay:
 
     ``latch`` is the default latching rule for new endpoints (see the module docstring). One
     relay per process; it uses whatever event loop is running (uvloop if the daemon installed
-    it).
+    it). ``keep_open``: how many closed endpoints' socket pairs to keep open for reuse (see
+    "Kept sockets" in the module docstring); capped so that kept sockets never take more than
+    half of the process's file descriptor limit. ``prewarm``: how many of them the first
+    endpoint opens ahead (default ``PREWARM``; :meth:`prewarm` opens more on request).
     """
 
-    def __init__(self, ports: PortAllocator, *, latch: LatchMode = "any") -> None:
+    def __init__(
+        self,
+        ports: PortAllocator,
+        *,
+        latch: LatchMode = "any",
+        keep_open: int = 0,
+        prewarm: int | None = None,
+    ) -> None:
         self._ports = ports
         self.latch: LatchMode = latch
         self._endpoints: set[LegEndpoint] = set()
         self._bridges: set[Bridge] = set()
-        self._retired = MediaCounters()
+        self._retired = [0] * len(_COUNTER_NAMES)  # counters of closed endpoints, summed
         self._attaching: dict[LegEndpoint, asyncio.Task[None]] = {}
+        self._kept = KeptPairs(ports, keep_open, prewarm)
 
     @property
     def ports(self) -> PortAllocator:
@@ -698,8 +737,19 @@ class Relay:
         endpoint sends nothing (a packet that arrives early waits in the kernel's buffer).
         Raises :class:`~telephony.media.ports.PortsExhaustedError` (503)."""
         loop = asyncio.get_running_loop()
+        self._kept.first_endpoint(loop)
         pair = self._ports.allocate()
         ep = LegEndpoint(self, pair, label, self.latch if latch is None else latch)
+        kept = self._kept.take(pair)
+        if kept is not None:  # a kept pair: its transports are open, parked
+            rtp, rtcp = kept
+            ep._rtp_transport = rtp
+            ep._rtcp_transport = rtcp
+            rtp.set_protocol(_RtpProtocol(ep))
+            rtcp.set_protocol(_RtcpProtocol(ep))
+            ep._retarget()
+            self._endpoints.add(ep)
+            return ep
         ep._paused_rtp = ep._paused_rtcp = True
         ep._retarget()
         self._endpoints.add(ep)
@@ -748,6 +798,21 @@ class Relay:
         ep._paused_rtp = ep._paused_rtcp = False
         ep._retarget()
 
+    @property
+    def keep_open(self) -> int:
+        """How many closed endpoints' socket pairs are kept open at most (0: none)."""
+        return self._kept.limit
+
+    @property
+    def prewarm_pairs(self) -> int:
+        """How many pairs the first endpoint opens ahead."""
+        return self._kept.prewarm_pairs
+
+    async def prewarm(self, pairs: int | None = None) -> int:
+        """Open up to ``pairs`` (default: ``keep_open``) socket pairs ahead of need, kept at the
+        head of the allocator's queue; returns how many (see :meth:`KeptPairs.prewarm`)."""
+        return await self._kept.prewarm(pairs)
+
     def bridge(self, a: LegEndpoint, b: LegEndpoint, label: str = "") -> Bridge:
         """Relay between two open, unbridged endpoints."""
         if a is b:
@@ -769,16 +834,21 @@ class Relay:
         return self.bridge(a, b, label)
 
     def stats(self) -> RelayStats:
-        """Totals since the relay started, over live and closed endpoints."""
-        total = self._retired
+        """Totals since the relay started, over live and closed endpoints (and what arrived
+        on kept sockets between two endpoints, as ``dropped_source``)."""
+        total = MediaCounters(*self._retired)
+        if self._kept.drops:
+            total = total + MediaCounters(dropped_source=self._kept.drops)
         for ep in self._endpoints:
             total = total + ep.stats()
         return RelayStats(total, len(self._endpoints), len(self._bridges))
 
     def close(self) -> None:
-        """Close every endpoint (shutdown)."""
+        """Close every endpoint and every kept socket pair (shutdown)."""
+        self._kept.limit = 0
         for ep in list(self._endpoints):
             ep.close()
+        self._kept.close()
 
     async def wait_closed(self) -> None:
         """Close every endpoint and wait until all ports are released."""
@@ -786,6 +856,19 @@ class Relay:
         self.close()
         for ep in eps:
             await ep.wait_closed()
+        await self._kept.wait_closed()
+
+    def _keep(self, ep: LegEndpoint) -> bool:
+        """``ep`` is closing: keep its sockets open for a later endpoint? (Not when a transport
+        is paused or lost, or see :meth:`KeptPairs.keep`.)"""
+        if ep._paused_rtp or ep._paused_rtcp or ep._lost:
+            return False
+        if not self._kept.keep(ep._ports, ep._rtp_transport, ep._rtcp_transport):
+            return False
+        ep._lost = 2  # nothing of its own left to close
+        if ep._wait_closed is not None and not ep._wait_closed.done():
+            ep._wait_closed.set_result(None)
+        return True
 
     def _check_free(self, ep: LegEndpoint) -> None:
         if ep._relay is not self:
@@ -800,4 +883,4 @@ class Relay:
     def _endpoint_closed(self, ep: LegEndpoint) -> None:
         if ep in self._endpoints:
             self._endpoints.discard(ep)
-            self._retired = self._retired + ep.stats()
+            self._retired = list(map(operator.add, self._retired, _counters_of(ep)))
