@@ -43,6 +43,12 @@ The B2BUA is pinned to CPU 0 and the SIPp processes to CPU 1 (``--no-pin`` to le
 scheduler). Each (rate, peer) run starts a fresh B2BUA; peers are interleaved per rate. A peer
 that fails at a rate is not run at higher rates (``--keep-going`` to run them anyway).
 
+Comparing code: ``--code LABEL=DIR`` (repeatable) runs handoffd from the source tree DIR (first
+on its PYTHONPATH) as peer ``handoffd (LABEL)``; ``--repeats N`` runs each (rate, peer) N times,
+the order flipping each round; a last table gives each tree's CPU ms/call and its ratio to the
+first tree's. ``--cprofile DIR`` runs handoffd under cProfile (diagnosis only). The /proc and
+SIPp helpers are in ``cps_procs.py``.
+
 Run:  uv run --group bench python bench/b2bua_cps.py [--rates 50,100,200] [--duration 30]
                                                      [--peer both|handoffd|sippy] [--quick] [--json]
 """
@@ -51,15 +57,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,151 +72,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.cps_procs import (
+    CLK_TCK,
+    HOST,
+    ROOT,
+    cpu_ticks,
+    finish_sipp,
+    free_tcp_port,
+    free_udp_port,
+    percentile,
+    pin,
+    runqueue_wait_ns,
+    sip_ping,
+    sipp_cmd,
+    start_sipp,
+    stat_int,
+    stop,
+    tail,
+    wait_sampling,
+    write_scenarios,
+)
 from tests.peers.redis import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "sipp_scenarios"
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PEER_CPU, SIPP_CPU = 0, 1
 READY_TIMEOUT_S = 15.0
-
-
-# ---------------------------------------------------------------------------- small helpers
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
-                out.extend(int(c) for c in text.split())
-    return out
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime+stime of ``pid`` (all its threads) and of its live descendants, in clock ticks."""
-    total = 0
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    for child in _children(pid):
-        total += cpu_ticks(child)
-    return total
-
-
-def runqueue_wait_ns(pid: int) -> int:
-    """Time the threads of ``pid`` spent runnable but waiting for a CPU (/proc/.../schedstat,
-    second field): how long other processes kept the peer off its core."""
-    total = 0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
-    return total
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
-
-
-def pin(pid: int, cpu: int | None) -> None:
-    """Pin a process we just started to one CPU (its threads, started later, inherit it)."""
-    if cpu is None or (os.cpu_count() or 1) < 2:
-        return
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(pid, {cpu})
-
-
-def sip_ping(port: int, timeout: float) -> bool:
-    """One OPTIONS to 127.0.0.1:port; True when any SIP response comes back."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        s.settimeout(timeout)
-        me = s.getsockname()[1]
-        tag = random.getrandbits(32)
-        msg = (
-            f"OPTIONS sip:ping@{HOST}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-bench{tag};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:bench@{HOST}>;tag={tag}\r\n"
-            f"To: <sip:ping@{HOST}>\r\nCall-ID: ready-{tag}@{HOST}\r\nCSeq: 1 OPTIONS\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
-        s.sendto(msg.encode(), (HOST, port))
-        try:
-            data = s.recv(65535)
-        except OSError:
-            return False
-        return data.startswith(b"SIP/2.0 ")
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def last_sipp_error(path: Path) -> str:
-    """SIPp's error log: the count of entries and the first line of the last one (the reason)."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    heads = [ln for ln in lines if ln[:4].isdigit() and ln[4:5] == "-"]
-    return f"{len(heads)} entries, last: {heads[-1][:300]}" if heads else ""
-
-
-def tail(path: Path, n: int = 15) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-# ---------------------------------------------------------------------------- scenarios
-
-
-def write_scenarios(run_dir: Path, hold_ms: int) -> tuple[Path, Path]:
-    uac = (SCENARIOS / "uac-basic-call.xml").read_text()
-    uas = (SCENARIOS / "uas-basic-call.xml").read_text()
-    contact_param = ";transport=[transport]>"
-    pause = '<pause milliseconds="200"/>'
-    if contact_param not in uac or contact_param not in uas or pause not in uac:
-        sys.exit("b2bua_cps: sipp_scenarios/ changed; update write_scenarios()")
-    uac = uac.replace(contact_param, ">").replace(pause, f'<pause milliseconds="{hold_ms}"/>')
-    uas = uas.replace(contact_param, ">")
-    uac_path, uas_path = run_dir / "uac.xml", run_dir / "uas.xml"
-    uac_path.write_text(uac)
-    uas_path.write_text(uas)
-    return uac_path, uas_path
 
 
 # ---------------------------------------------------------------------------- peers
@@ -221,10 +103,12 @@ def write_scenarios(run_dir: Path, hold_ms: int) -> tuple[Path, Path]:
 
 @dataclass
 class Peer:
-    name: str
+    name: str  # unique per run: "handoffd", "handoffd@new", "sippy", ...
     label: str
     service: str  # the user part the uac calls
     media: bool  # media anchored (relay ports allocated, SDP rewritten)
+    kind: str = "handoffd"  # handoffd, sippy or sippy-nomedia
+    code: str | None = None  # handoffd: a source tree put first on its PYTHONPATH
 
 
 def sippy_has_rtpio() -> bool:
@@ -235,9 +119,18 @@ def sippy_has_rtpio() -> bool:
 
 
 def start_handoffd(
-    run_dir: Path, port: int, next_hop: int, cpu: int | None, redis_url: str | None
+    run_dir: Path,
+    port: int,
+    next_hop: int,
+    cpu: int | None,
+    redis_url: str | None,
+    *,
+    code: str | None = None,
+    cprofile: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """``redis_url``: where it records (None: to nowhere, so its records go to its spool)."""
+    """``redis_url``: where it records (None: to nowhere, so its records go to its spool).
+    ``code``: run that source tree (PYTHONPATH) instead of the installed one. ``cprofile``: run
+    under cProfile and write its stats there when it exits (diagnosis only: it slows it down)."""
     rules = run_dir / "rules"
     shutil.copytree(ROOT / "routing_rules", rules)
     media_base = random.randrange(20000, 28000) & ~1  # below Linux's ephemeral range
@@ -274,6 +167,11 @@ records:
     )
     exe = ROOT / ".venv" / "bin" / "handoffd"
     cmd = [str(exe) if exe.exists() else "handoffd", "--config", str(config)]
+    if cprofile is not None:
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(cprofile), *cmd]
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
     log = run_dir / "peer.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -283,6 +181,7 @@ records:
             stdin=subprocess.DEVNULL,
             cwd=run_dir,
             start_new_session=True,
+            env=env,
         )
     pin(proc.pid, cpu)
     return proc, log
@@ -313,131 +212,6 @@ def start_sippy(
     return proc, log
 
 
-# ---------------------------------------------------------------------------- SIPp
-
-
-@dataclass
-class SippResult:
-    rc: int
-    stats: dict[str, str]
-    rtt_ms: list[float]
-    rtt_at_ms: list[float]
-    cpu_ticks: int
-    err_tail: str
-
-
-def sipp_cmd(scenario: Path, port: int, stat: Path, extra: list[str]) -> list[str]:
-    return [
-        "sipp",
-        "-sf",
-        str(scenario),
-        "-i",
-        HOST,
-        "-p",
-        str(port),
-        "-nostdin",
-        "-trace_stat",
-        "-stf",
-        str(stat),
-        "-fd",
-        "5",
-        "-trace_err",
-        "-error_file",
-        str(stat.with_suffix(".err")),
-        *extra,
-    ]
-
-
-def start_sipp(cmd: list[str], cwd: Path, cpu: int | None) -> subprocess.Popen[bytes]:
-    with (cwd / f"sipp-{cmd[cmd.index('-p') + 1]}.stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    pin(proc.pid, cpu)
-    return proc
-
-
-def read_stats(stat: Path) -> dict[str, str]:
-    try:
-        rows = list(csv.reader(stat.read_text().splitlines(), delimiter=";"))
-    except OSError:
-        return {}
-    if len(rows) < 2:
-        return {}
-    return dict(zip(rows[0], rows[-1], strict=False))
-
-
-def read_rtt(cwd: Path, scenario: Path, pid: int) -> tuple[list[float], list[float]]:
-    path = cwd / f"{scenario.stem}_{pid}_rtt.csv"
-    at: list[float] = []
-    rtt: list[float] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            parts = line.split(";")
-            if len(parts) >= 2 and parts[0][:1].isdigit():
-                at.append(float(parts[0]))
-                rtt.append(float(parts[1]))
-    return rtt, at
-
-
-def wait_sampling(
-    proc: subprocess.Popen[bytes], wait: float, watch: list[subprocess.Popen[bytes]]
-) -> dict[int, int]:
-    """Wait up to ``wait`` s for ``proc`` to exit; meanwhile keep the last CPU ticks seen for
-    every process in ``watch`` (a process's ticks can no longer be read once it exited)."""
-    seen: dict[int, int] = {}
-    deadline = time.monotonic() + wait
-    while True:
-        for p in watch:
-            if p.poll() is None:
-                seen[p.pid] = max(seen.get(p.pid, 0), cpu_ticks(p.pid))
-        if proc.poll() is not None or time.monotonic() >= deadline:
-            return seen
-        time.sleep(0.1)
-
-
-def finish_sipp(
-    proc: subprocess.Popen[bytes],
-    cwd: Path,
-    scenario: Path,
-    stat: Path,
-    wait: float,
-    seen: dict[int, int],
-) -> SippResult:
-    for pid, t in wait_sampling(proc, wait, [proc]).items():
-        seen[pid] = max(seen.get(pid, 0), t)
-    ticks = seen.get(proc.pid, 0)
-    if proc.poll() is None:
-        # SIGUSR1 makes SIPp stop cleanly and write its final statistics
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGUSR1)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            stop(proc, 1)
-    rtt, at = read_rtt(cwd, scenario, proc.pid)
-    return SippResult(
-        rc=proc.returncode,
-        stats=read_stats(stat),
-        rtt_ms=rtt,
-        rtt_at_ms=at,
-        cpu_ticks=ticks,
-        err_tail=last_sipp_error(stat.with_suffix(".err")),
-    )
-
-
-def stat_int(res: SippResult, key: str) -> int:
-    try:
-        return int(float(res.stats.get(key, "0") or 0))
-    except ValueError:
-        return 0
-
-
 # ---------------------------------------------------------------------------- one run
 
 
@@ -452,6 +226,7 @@ class RunResult:
     retrans: int = 0
     achieved_cps: float = 0.0
     cpu_ms_per_call: float = float("nan")
+    sys_ms_per_call: float = float("nan")  # of which in the kernel (system calls)
     peer_cpu_pct: float = float("nan")
     idle_cpu_pct: float = float("nan")
     setup_p50: float = float("nan")
@@ -479,8 +254,10 @@ class RunResult:
         return self.setup_mean - self.direct_mean
 
 
-def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunResult:
-    run_dir = base / f"{peer.name}-{rate}"
+def run_one(
+    peer: Peer, rate: int, args: argparse.Namespace, base: Path, round_no: int = 0
+) -> RunResult:
+    run_dir = base / f"{peer.name.replace('@', '_')}-{rate}-{round_no}"
     run_dir.mkdir()
     uac_xml, uas_xml = write_scenarios(run_dir, args.hold)
     calls = rate * args.duration
@@ -508,8 +285,13 @@ def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunR
         run_dir,
         cpu_sipp,
     )
-    if peer.name == "handoffd":
-        proc, log = start_handoffd(run_dir, p_port, uas_port, cpu_peer, args.redis_url)
+    if peer.kind == "handoffd":
+        prof = None
+        if args.cprofile is not None:
+            prof = Path(args.cprofile) / f"{run_dir.name}.prof"
+        proc, log = start_handoffd(
+            run_dir, p_port, uas_port, cpu_peer, args.redis_url, code=peer.code, cprofile=prof
+        )
     else:
         proc, log = start_sippy(run_dir, p_port, uas_port, cpu_peer, peer.media)
     sipps = [uas, d_uas]
@@ -543,11 +325,13 @@ def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunR
         )
         q_start = runqueue_wait_ns(proc.pid)
         c_start, t_start = cpu_ticks(proc.pid), time.monotonic()
+        k_start = cpu_ticks(proc.pid, kernel_only=True)
         uac = start_sipp(uac_cmd, run_dir, cpu_sipp)
         d_uac = start_sipp(d_uac_cmd, run_dir, cpu_sipp)
         sipps += [uac, d_uac]
         seen = wait_sampling(uac, uac_timeout + 5, sipps)
         c_end, t_end = cpu_ticks(proc.pid), time.monotonic()
+        k_end = cpu_ticks(proc.pid, kernel_only=True)
         res.runq_wait_ms = (runqueue_wait_ns(proc.pid) - q_start) / 1e6
         r_uac = finish_sipp(uac, run_dir, uac_xml, run_dir / "uac.stat", 5, seen)
         r_duac = finish_sipp(d_uac, run_dir, uac_xml, run_dir / "d_uac.stat", 30, seen)
@@ -555,7 +339,7 @@ def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunR
         r_duas = finish_sipp(d_uas, run_dir, uas_xml, run_dir / "d_uas.stat", 15, seen)
         peer_alive = proc.poll() is None
     finally:
-        stop(proc)
+        stop(proc, 60.0 if args.cprofile else 5.0)  # cProfile writes its stats on the way out
         for p in sipps:
             stop(p, 2)
 
@@ -575,6 +359,7 @@ def run_one(peer: Peer, rate: int, args: argparse.Namespace, base: Path) -> RunR
     res.peer_cpu_pct = 100.0 * used_s / wall
     if res.completed:
         res.cpu_ms_per_call = 1000.0 * used_s / res.completed
+        res.sys_ms_per_call = 1000.0 * (k_end - k_start) / CLK_TCK / res.completed
     if r_uac.rtt_ms:
         res.setup_p50 = percentile(r_uac.rtt_ms, 50)
         res.setup_p99 = percentile(r_uac.rtt_ms, 99)
@@ -651,7 +436,7 @@ def fmt(x: float, spec: str = ".2f") -> str:
 
 
 HEAD = (
-    "| rate | peer | calls ok / sent | failed | retrans | achieved cps | CPU ms/call | "
+    "| rate | peer | calls ok / sent | failed | retrans | achieved cps | CPU ms/call (sys) | "
     "peer CPU % | setup p50 / p99 / mean ms | direct p50 / p99 / mean ms | "
     "added p50 / p99 / mean ms | SIPp CPU % | peer run-queue wait ms |\n"
     "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -661,7 +446,8 @@ HEAD = (
 def row(r: RunResult) -> str:
     return (
         f"| {r.rate} | {r.label} | {r.completed} / {r.calls} | {r.failed} | {r.retrans} | "
-        f"{fmt(r.achieved_cps, '.1f')} | {fmt(r.cpu_ms_per_call)} | {fmt(r.peer_cpu_pct, '.0f')} | "
+        f"{fmt(r.achieved_cps, '.1f')} | {fmt(r.cpu_ms_per_call)} ({fmt(r.sys_ms_per_call)}) | "
+        f"{fmt(r.peer_cpu_pct, '.0f')} | "
         f"{fmt(r.setup_p50, '.0f')} / {fmt(r.setup_p99, '.0f')} / {fmt(r.setup_mean)} | "
         f"{fmt(r.direct_p50, '.0f')} / {fmt(r.direct_p99, '.0f')} / {fmt(r.direct_mean)} | "
         f"{fmt(r.added_p50, '.0f')} / {fmt(r.added_p99, '.0f')} / {fmt(r.added_mean)} | "
@@ -686,20 +472,47 @@ def summary(results: list[RunResult], peers: list[Peer]) -> list[str]:
             f"setup p50/p99 {fmt(b.added_p50, '.0f')}/{fmt(b.added_p99, '.0f')} ms "
             f"(mean {fmt(b.added_mean)} ms)"
         )
-    h = best.get("handoffd")
+    handoffds = [p for p in peers if p.kind == "handoffd"]
     top = max((r.rate for r in results), default=0)
-    for p in peers:
-        s = best.get(p.name)
-        if h is None or s is None or p.name == "handoffd":
-            continue
-        ratio = h.rate / s.rate
-        capped = " (a lower bound: handoffd was clean at the top rate run)" if h.rate == top else ""
-        lines.append(
-            f"- targets vs {p.label}: clean rate handoffd/sippy = {ratio:.2f}x (target >= 2x: "
-            f"{'met' if ratio >= 2 else 'missed'}){capped}; CPU per bridged call "
-            f"{fmt(h.cpu_ms_per_call)} ms (target <= 1.5 ms: "
-            f"{'met' if h.cpu_ms_per_call <= 1.5 else 'missed'})"
-        )
+    for hp in handoffds:
+        h = best.get(hp.name)
+        for p in peers:
+            s = best.get(p.name)
+            if h is None or s is None or p.kind == "handoffd":
+                continue
+            ratio = h.rate / s.rate
+            capped = (
+                " (a lower bound: handoffd was clean at the top rate run)" if h.rate == top else ""
+            )
+            lines.append(
+                f"- targets, {hp.label} vs {p.label}: clean rate handoffd/sippy = {ratio:.2f}x "
+                f"(target >= 2x: {'met' if ratio >= 2 else 'missed'}){capped}; CPU per bridged "
+                f"call {fmt(h.cpu_ms_per_call)} ms (target <= 1.5 ms: "
+                f"{'met' if h.cpu_ms_per_call <= 1.5 else 'missed'})"
+            )
+    lines += compare_codes(results, handoffds)
+    return lines
+
+
+def compare_codes(results: list[RunResult], handoffds: list[Peer]) -> list[str]:
+    """With several ``--code`` trees: per rate, each tree's median CPU ms/call over its runs
+    (clean or not) and its ratio to the first tree's."""
+    if len(handoffds) < 2:
+        return []
+    lines = ["", "| rate | code | runs | CPU ms/call (each run) | median | vs first |"]
+    lines.append("| ---: | --- | ---: | --- | ---: | ---: |")
+    for rate in sorted({r.rate for r in results}):
+        first = float("nan")
+        for i, hp in enumerate(handoffds):
+            cpu = [r.cpu_ms_per_call for r in results if r.peer == hp.name and r.rate == rate]
+            cpu = [c for c in cpu if not math.isnan(c)]
+            med = statistics.median(cpu) if cpu else float("nan")
+            if i == 0:
+                first = med
+            each = ", ".join(fmt(c) for c in cpu) or "-"
+            lines.append(
+                f"| {rate} | {hp.label} | {len(cpu)} | {each} | {fmt(med)} | {fmt(med / first)} |"
+            )
     return lines
 
 
@@ -749,6 +562,19 @@ def main() -> int:
         action="store_true",
         help="no redis-server for handoffd's records (they go to its spool)",
     )
+    ap.add_argument(
+        "--code",
+        action="append",
+        metavar="LABEL=DIR",
+        help="run handoffd from the source tree DIR (PYTHONPATH) as peer handoffd@LABEL; repeat "
+        "to compare trees in one run (e.g. old=/tmp/snapold --code new=.)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs per rate and peer, order alternating"
+    )
+    ap.add_argument(
+        "--cprofile", metavar="DIR", help="run handoffd under cProfile, stats to DIR/*.prof"
+    )
     args = ap.parse_args()
     if args.quick:
         args.duration = 5
@@ -762,6 +588,12 @@ def main() -> int:
     unknown = set(wanted) - {"handoffd", "sippy", "sippy-nomedia"}
     if unknown:
         sys.exit(f"b2bua_cps: unknown --peer {', '.join(sorted(unknown))}")
+    codes: list[tuple[str, str]] = []
+    for spec in args.code or ():
+        label, eq, path = spec.partition("=")
+        if not eq or not label or not (Path(path) / "telephony").is_dir():
+            sys.exit(f"b2bua_cps: --code wants LABEL=DIR with DIR/telephony (got {spec!r})")
+        codes.append((label, str(Path(path).resolve())))
     rtpio = False
     if "sippy" in wanted:
         have = sippy_has_rtpio()
@@ -770,13 +602,22 @@ def main() -> int:
         rtpio = have and args.sippy_media != "none"
     peers: list[Peer] = []
     for name in wanted:
-        if name == "handoffd":
+        if name == "handoffd" and codes:
+            for label, path in codes:
+                peers.append(
+                    Peer(f"handoffd@{label}", f"handoffd ({label})", "disp-1", True, code=path)
+                )
+        elif name == "handoffd":
             peers.append(Peer("handoffd", "handoffd", "disp-1", media=True))
         elif name == "sippy":
             label = "sippy+rtp.io" if rtpio else "sippy (no media)"
-            peers.append(Peer("sippy", label, "disp-1", media=rtpio))
+            peers.append(Peer("sippy", label, "disp-1", media=rtpio, kind="sippy"))
         else:
-            peers.append(Peer("sippy-nomedia", "sippy (no media)", "disp-1", media=False))
+            peers.append(
+                Peer("sippy-nomedia", "sippy (no media)", "disp-1", False, kind="sippy-nomedia")
+            )
+    if args.cprofile is not None:
+        Path(args.cprofile).mkdir(parents=True, exist_ok=True)
 
     mach = machine()
     mach["peers"] = ", ".join(p.label for p in peers)
@@ -785,7 +626,7 @@ def main() -> int:
     results: list[RunResult] = []
     dead: set[str] = set()
     redis, args.redis_url = None, None
-    if not args.no_redis and any(p.name == "handoffd" for p in peers):
+    if not args.no_redis and any(p.kind == "handoffd" for p in peers):
         redis = RedisServer(base / "redis")  # records, as in production; on the SIPp CPU
         redis.start()
         assert redis.proc is not None
@@ -794,17 +635,24 @@ def main() -> int:
     mach["records"] = "redis-server" if redis is not None else "spool (no redis)"
     try:
         for rate in rates:
-            for p in peers:
-                if p.name in dead:
-                    continue
-                print(f"-- {p.label} at {rate} calls/s for {args.duration} s", file=sys.stderr)
-                r = run_one(p, rate, args, base)
-                results.append(r)
-                print(row(r), file=sys.stderr)
-                for n in r.notes:
-                    print("   " + n.replace("\n", "\n   "), file=sys.stderr)
-                if not r.clean and not args.keep_going:
-                    dead.add(p.name)
+            for round_no in range(args.repeats):
+                # alternate the order each round: neither peer always runs on a warmer machine
+                order = peers if round_no % 2 == 0 else peers[::-1]
+                for p in order:
+                    if p.name in dead:
+                        continue
+                    print(
+                        f"-- {p.label} at {rate} calls/s for {args.duration} s"
+                        f" (round {round_no + 1}/{args.repeats})",
+                        file=sys.stderr,
+                    )
+                    r = run_one(p, rate, args, base, round_no)
+                    results.append(r)
+                    print(row(r), file=sys.stderr)
+                    for n in r.notes:
+                        print("   " + n.replace("\n", "\n   "), file=sys.stderr)
+                    if not r.clean and not args.keep_going:
+                        dead.add(p.name)
     finally:
         if redis is not None:
             redis.stop()
