@@ -315,6 +315,28 @@ def hears(party: Party, *present: float, flow: bool = True) -> Expect:
     return Expect(party, present, tuple(f for f in TONES if f not in present), flow)
 
 
+async def handed_over(
+    api: Api,
+    call: dict[str, Any],
+    label: str,
+    parties: tuple[Party, Party, Party],
+    windows: list[Window],
+) -> int:
+    """After the dispatcher left: a window where caller and counselor hear only each other, the
+    call still ``transferred``; then both hang up as scripted. Returns how many packets the
+    departed dispatcher got during that window."""
+    caller, disp, coun = parties
+    gone = await window(label, hears(caller, COUNSELOR_HZ), hears(coun, CALLER_HZ))
+    windows.append(gone)
+    _, view = await api("GET", f"/v1/calls/{call['id']}")
+    assert view.get("state") == "transferred", f"the caller hung up too soon: {view}"
+    res = await finished(caller, 20)
+    assert res.count("CallerBye(C)") == 1, res.stats
+    res = await finished(coun, 10)
+    assert res.count("Bye(C)") == 1, res.stats
+    return disp.phone.audio_between(gone.t0, gone.t1)[1]
+
+
 # ---------------------------------------------------------------------------- tests
 
 
@@ -386,18 +408,7 @@ async def test_warm_conference_then_complete_who_hears_whom(
         assert status == 200 and t["state"] == "completed", t
         res = await finished(disp, 10)  # handoffd's BYE released the dispatcher
         assert res.count("Bye(C)") == 1 and res.count("HungUp(C)") == 0, res.stats
-        windows.append(
-            await window("completed", hears(caller, COUNSELOR_HZ), hears(coun, CALLER_HZ))
-        )
-        gone = windows[-1]
-        _, view = await api("GET", f"/v1/calls/{call['id']}")
-        assert view.get("state") == "transferred", f"the caller hung up too soon: {view}"
-
-        res = await finished(caller, 20)
-        assert res.count("CallerBye(C)") == 1, res.stats
-        res = await finished(coun, 10)
-        assert res.count("Bye(C)") == 1, res.stats
-        disp_after = disp.phone.audio_between(gone.t0, gone.t1)[1]
+        disp_after = await handed_over(api, call, "completed", (caller, disp, coun), windows)
     verdict(windows)
     assert disp_after == 0, f"the released dispatcher still got {disp_after} packets"
 
@@ -453,18 +464,8 @@ async def test_consult_then_conference_then_dispatcher_hangs_up(
         assert t["state"] == "completed", t
         res = await finished(disp, 10)
         assert res.count("HungUp(C)") == 1 and res.count("Bye(C)") == 0, res.stats
-        windows.append(
-            await window("dispatcher hung up", hears(caller, COUNSELOR_HZ), hears(coun, CALLER_HZ))
-        )
-        gone = windows[-1]
-        _, view = await api("GET", f"/v1/calls/{call['id']}")
-        assert view.get("state") == "transferred", f"the caller hung up too soon: {view}"
-
-        res = await finished(caller, 20)
-        assert res.count("CallerBye(C)") == 1, res.stats
-        res = await finished(coun, 10)
-        assert res.count("Bye(C)") == 1, res.stats
-        disp_after = disp.phone.audio_between(gone.t0, gone.t1)[1]
+        three = (caller, disp, coun)
+        disp_after = await handed_over(api, call, "dispatcher hung up", three, windows)
     verdict(windows)
     assert disp_after == 0, f"the departed dispatcher still got {disp_after} packets"
     print(f"caller on consult hold: {hold}")
