@@ -38,8 +38,13 @@ uv:
 
 # (a target of its own: make expands a recipe before running it, so $(UV) must be
 # expanded only after the uv target has installed it)
+# Bytecode is compiled here, once: a machine with PYTHONDONTWRITEBYTECODE=1 (the CI machine has
+# it) would otherwise compile every module from source at each start of handoffd (3.3 s instead
+# of 0.8 s to serve, bench/startup.py). The project itself is installed editable, so its own
+# tree is compiled by compileall; a stale .pyc is simply ignored by Python.
 venv: uv
-	$(UV) sync --group dev --group interop
+	UV_COMPILE_BYTECODE=1 $(UV) sync --group dev --group interop
+	$(PY) -m compileall -q telephony
 
 # The daemon on the example config, with a local redis-server started here when none answers
 # (transfer records go there; while it is down they wait in var/spool). Ctrl-C drains.
@@ -58,7 +63,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
-	$(UV) sync --group dev --group interop --group bench
+	UV_COMPILE_BYTECODE=1 $(UV) sync --group dev --group interop --group bench
 	$(PY) bench/parse.py
 	$(PY) bench/transactions.py
 

@@ -11,6 +11,7 @@ writes the KPI report (:mod:`telephony.recording.report`, docs/report.md).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,16 @@ def _handoffd_parser() -> argparse.ArgumentParser:
 
 def handoffd_main(argv: Sequence[str] | None = None) -> int:
     args = _handoffd_parser().parse_args(argv)
+    # No collector passes while hundreds of modules are imported (~0.1 s of startup):
+    # telephony.daemon.main freezes what exists and turns the collector back on.
+    gc.disable()
+    try:
+        return _run_handoffd(args)
+    finally:
+        gc.enable()
+
+
+def _run_handoffd(args: argparse.Namespace) -> int:
     from telephony.config import ConfigError, load_config, with_overrides  # noqa: PLC0415
     from telephony.routing import RulesError  # noqa: PLC0415
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,7 +28,6 @@ from telephony.call.probe import Prober
 from telephony.call.transfer import Transfer
 from telephony.config import Config
 from telephony.io.stack import SipStack, install_uvloop
-from telephony.media.conference import Conference
 from telephony.media.dtmf import DigitDetector
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
@@ -36,6 +36,9 @@ from telephony.routing import RulesError, load_rules
 from telephony.sip.errors import SipError
 from telephony.sip.transaction import Endpoint, Event, TimerConfig
 
+if TYPE_CHECKING:
+    from telephony.media.conference import Conference  # imported when needed: MIXER_MODULE
+
 log = logging.getLogger("telephony.daemon")
 
 #: Garbage-collector thresholds (bench/RESULTS.md, "the stall"): young passes every 20,000 net
@@ -43,6 +46,11 @@ log = logging.getLogger("telephony.daemon")
 #: (the live state of finished transactions is what a pass walks); CPython's default (700, 10,
 #: 10) runs full passes over that state several times a second.
 GC_THRESHOLDS = (20_000, 5, 100)
+
+#: Imported after the daemon serves, in a worker thread (numpy and its tables take ~0.2 s
+#: here): only conferences need it, and the event loop keeps its turns while the thread runs.
+#: A conference asked for before it finished waits for the import (Python's import lock).
+MIXER_MODULE = "telephony.media.conference"
 
 
 class RelayMedia:
@@ -77,6 +85,8 @@ class RelayMedia:
     def mix(self, key: str, legs: Sequence[tuple[MediaLeg, int, int | None]]) -> None:
         conf = self.conferences.get(key)
         if conf is None:
+            from telephony.media.conference import Conference  # noqa: PLC0415 (MIXER_MODULE)
+
             conf = self.conferences[key] = Conference(key)
         wanted = {_endpoint(leg): (codec, event) for leg, codec, event in legs}
         for ep in conf.endpoints:
@@ -147,6 +157,7 @@ class Daemon:
         self._queue: list[Event] = []
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        self._preload: asyncio.Future[Any] | None = None
         self.ready = False
         self.http_port = 0
         self.sip_endpoints: list[Endpoint] = []
@@ -182,6 +193,7 @@ class Daemon:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         self._kick()
         self.ready = True
+        self._preload = loop.run_in_executor(None, importlib.import_module, MIXER_MODULE)
         log.info(
             "handoffd serving SIP on %s, HTTP on %s:%d",
             ", ".join(f"{e.transport}:{e.host}:{e.port}" for e in self.sip_endpoints),
@@ -443,8 +455,10 @@ async def run(config: Config) -> int:
 def main(config: Config) -> int:
     logs.configure(config.log_level, phi=config.log_phi)
     install_uvloop()
-    # the daemon's objects live for the whole run: keep them out of the collector's way
-    gc.collect()
+    # The daemon's objects live for the whole run: keep them out of the collector's way. The
+    # collector was off while modules were imported (handoffd_main); what they left is a few
+    # thousand objects, frozen with the rest rather than paying a full pass (~0.1 s) at startup.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()
     return asyncio.run(run(config))
