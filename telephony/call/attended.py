@@ -62,6 +62,8 @@ class AttendedTransfers:
             core._respond(req, err.status)
             return True
         leg = Leg("consult", call.id, req, source, media, uac=False, local_tag=new_tag())
+        if call.dispatcher is not None and call.dispatcher.flow is not None:
+            leg.flow = source  # the registered phone's consult call: answer it where it is
         leg.invite_key = key
         leg.learn_sdp(offer)
         call.legs.append(leg)

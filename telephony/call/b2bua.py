@@ -138,6 +138,8 @@ class B2bua:
         self.on_record: Callable[[str, Call, dict[str, Any]], None] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[TransactionKey, OnFinal] = {}
+        #: the few requests (our INVITEs dialing out) whose provisional responses matter
+        self._progress: dict[TransactionKey, OnFinal] = {}
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
         self._server_invites: dict[TransactionKey, Leg] = {}
         self._own_call_ids: set[str] = set()
@@ -191,6 +193,7 @@ class B2bua:
             self._peer_left(call, leg)
 
     def _client_failed(self, key: TransactionKey, request: Request, status: int) -> None:
+        self._progress.pop(key, None)
         handler = self._pending.pop(key, None)
         if handler is not None:
             handler(make_response(request, status))
@@ -199,16 +202,30 @@ class B2bua:
         if key is None:  # a 2xx retransmission after the transaction: ACK it again
             self.offers.reack(resp)
             return
-        handler = self._pending.get(key)
-        if handler is None:
+        if resp.status < 200:  # a 100 to a re-INVITE or a BYE is no answer to it
+            progress = self._progress.get(key)
+            if progress is not None:
+                progress(resp)
             return
-        if resp.status >= 200:
-            del self._pending[key]
-        handler(resp)
+        self._progress.pop(key, None)
+        handler = self._pending.pop(key, None)
+        if handler is not None:
+            handler(resp)
 
-    def _send(self, request: Request, dest: Endpoint, on_final: OnFinal | None) -> TransactionKey:
+    def _send(
+        self,
+        request: Request,
+        dest: Endpoint,
+        on_final: OnFinal | None,
+        *,
+        on_progress: OnFinal | None = None,
+    ) -> TransactionKey:
+        """Send ``request`` to ``dest``; ``on_final`` gets its final response (or the one made
+        up for a timeout or transport error), ``on_progress`` its provisional ones."""
         key = self.sip.send_request(request, dest)
         self._pending[key] = on_final if on_final is not None else _ignore
+        if on_progress is not None:
+            self._progress[key] = on_progress
         return key
 
     def _respond(
@@ -385,7 +402,8 @@ class B2bua:
         )
         leg.invite = invite
         call.legs.append(leg)
-        leg.invite_key = self._send(invite, dest, lambda r: self._invite_response(leg, r))
+        on_response = lambda r: self._invite_response(leg, r)  # noqa: E731
+        leg.invite_key = self._send(invite, dest, on_response, on_progress=on_response)
         leg.ring_timer = self.timers.at(self.now + ring_timeout, lambda _n: self._ring_out(leg))
         return leg
 
@@ -413,7 +431,7 @@ class B2bua:
     def _invite_answered(self, leg: Leg, resp: Response) -> None:
         dialog = Dialog.from_uac(leg.invite, resp)
         ack = dialog.create_ack(leg.invite.cseq.seq, self._via(leg.dest.transport))
-        dest = endpoint_for(dialog.next_hop(), leg.dest.transport)
+        dest = leg.request_dest(dialog)
         self.sip.send_stateless(ack, dest)
         self.offers.remember_ack(
             (dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq), ack, dest
@@ -523,16 +541,18 @@ class B2bua:
             accept_multipart=position.accept_multipart,
         )
         try:
-            target, dest = self.registrar.route(position)  # 480 when it cannot be reached
+            route = self.registrar.route(position)  # 480 when it cannot be reached
             leg = self._dial(
                 call,
                 "dispatcher",
-                target,
-                dest.transport,
+                route.uri,
+                route.dest.transport,
                 policy=policy,
                 ring_timeout=self.config.sip.ring_timeout,
-                dest=dest,
+                dest=route.dest,
             )
+            if route.registered:
+                leg.flow = route.dest
         except SipError as err:
             if recall:
                 self._recall_next(call)

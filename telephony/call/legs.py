@@ -106,7 +106,10 @@ def peer_media_address(sd: SessionDescription) -> tuple[str, int, int] | None:
 @dataclass(slots=True)
 class Leg:
     """One SIP leg. ``invite`` is the INVITE that created it (received or sent); ``dest`` is
-    where its requests go until the dialog gives a remote target."""
+    where its requests go until the dialog gives a remote target. ``flow``: set on the legs of
+    a registered phone, the address its REGISTER came from; every request of the leg goes
+    there, whatever the dialog's remote target says (a phone behind NAT puts its private
+    address in Contact; only the address it registered from reaches it)."""
 
     role: Role
     call_tag: str
@@ -133,6 +136,7 @@ class Leg:
     cancelled: bool = False
     answered: bool = False  # a 2xx confirmed it (stays true once it ends)
     ended_by: str | None = None
+    flow: Endpoint | None = None
 
     @property
     def alive(self) -> bool:
@@ -142,11 +146,15 @@ class Leg:
     def sip_call_id(self) -> str:
         return self.invite.call_id
 
-    def request_dest(self) -> Endpoint:
-        """Where an in-dialog request goes: the dialog's next hop, else ``dest``."""
-        if self.dialog is None:
+    def request_dest(self, dialog: Dialog | None = None) -> Endpoint:
+        """Where an in-dialog request goes: the phone's flow, else the next hop of ``dialog``
+        (default: the leg's), else ``dest``."""
+        dialog = dialog or self.dialog
+        if self.flow is not None:
+            return self.flow
+        if dialog is None:
             return self.dest
-        return endpoint_for(self.dialog.next_hop(), self.dest.transport)
+        return endpoint_for(dialog.next_hop(), self.dest.transport)
 
     def stop_timers(self) -> None:
         for t in (self.retrans_timer, self.ring_timer):

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from telephony.call.legs import endpoint_for
 from telephony.sip.auth import DigestServer, parse_credentials
@@ -595,7 +595,14 @@ def _warning(text: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------ in the controller
 
-Route = tuple[URI, Endpoint]
+
+class Route(NamedTuple):
+    """Where an INVITE for a position goes: its Request-URI and transport destination;
+    ``registered`` when that is a phone's binding (``dest`` is then where it registered from)."""
+
+    uri: URI
+    dest: Endpoint
+    registered: bool
 
 
 class PositionRegistrar:
@@ -624,9 +631,9 @@ class PositionRegistrar:
         :class:`SipError` 480 when it has neither a reachable registration nor a ``uri``."""
         found = self.machine.target(position.name, self.core.now)
         if found is not None:
-            return found
+            return Route(*found, registered=True)
         if position.uri is not None:
-            return position.uri, endpoint_for(position.uri, position.transport)
+            return Route(position.uri, endpoint_for(position.uri, position.transport), False)
         raise SipError(f"position {position.name} is not registered", 480, "local")
 
     def available(self, position: Position) -> bool:

@@ -19,7 +19,7 @@ from telephony.routing import load_rules
 from telephony.sip.errors import SipError
 from telephony.sip.transaction import Endpoint
 from tests.e2e.harness import Ports, write_setup
-from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer
+from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer, sdp
 
 PORTS = Ports(sip=5060, http=8080, disp1=5070, disp2=5072, primary=5090, backup=5092, media=20000)
 HANDOFFD = Endpoint("udp", "127.0.0.1", 5060)
@@ -83,6 +83,20 @@ def test_call_to_position_is_bridged_and_hangup_propagates(tmp_path: Path) -> No
     w.net.advance(1.0)
     assert any(r.method == "BYE" for r in w.disp1.requests)
     assert not w.core.calls and w.media.open_count == 0
+
+
+def test_a_100_trying_to_a_forwarded_reinvite_is_not_its_answer(tmp_path: Path) -> None:
+    """The phone's stack sends 100 Trying to the re-INVITE before its 200 (as most do): the
+    caller must get the 200 with the phone's new SDP, not a 488 made from the 100."""
+    w = World(tmp_path)
+    w.connect()
+    w.caller.in_dialog("INVITE", HANDOFFD, body=sdp(7050), content_type="application/sdp")
+    w.net.advance(1.0)
+    reinvite = w.disp1.requests[-2]
+    assert reinvite.method == "INVITE" and reinvite.to.tag  # forwarded in the dialog
+    assert w.caller.statuses() == [100, 180, 200, 100, 200]
+    answer = w.caller.responses[-1]
+    assert b"m=audio 40000 " in answer.body  # anchored on the caller's relay endpoint
 
 
 def test_api_transfer_fails_over_and_releases_dispatcher(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ from telephony.sip.message import Request, Response, make_request
 from telephony.sip.transaction import Endpoint, Event, ResponseReceived
 from telephony.sip.uri import parse_uri
 from tests.e2e.harness import Ports, write_setup
-from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer
+from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer, sdp
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1000.0
@@ -537,6 +537,13 @@ class Phone(Peer):
         self.peer_handle = self.handler
         self.handler = self._phone
 
+    @property
+    def contact(self) -> NameAddr:
+        """The address it puts in Contact: after ``register(contact_port=...)``, that one (a
+        phone behind NAT names its private address, where nothing reaches it)."""
+        port = getattr(self, "contact_port", None) or self.ep.port
+        return NameAddr(parse_uri(f"sip:{self.name}@127.0.0.1:{port}"))
+
     def register(self, *, contact_port: int | None = None, expires: int = 600) -> None:
         self.contact_port = contact_port or self.ep.port
         self._send_register(expires, None)
@@ -623,6 +630,30 @@ def test_registered_phone_gets_the_call_at_the_register_source(tmp_path: Path) -
     assert call.dispatcher is not None and call.dispatcher.dest == Endpoint(
         "udp", "127.0.0.1", 5080
     )
+
+
+def test_a_phone_behind_nat_gets_every_request_where_it_registered_from(tmp_path: Path) -> None:
+    """The phone's Contact (in REGISTER and in its 200) names port 5999, where nothing listens;
+    the ACK, a re-INVITE and the BYE must still reach it at 5080, where its REGISTER came from."""
+    w = World(tmp_path)
+    w.phone.register(contact_port=5999)
+    w.net.run()
+    w.dial("2003")
+    w.net.advance(1.0)
+    assert w.caller.statuses()[-1] == 200
+    assert w.phone.contact.uri.port == 5999
+    acks = [r for r in w.phone.requests if r.method == "ACK"]
+    assert len(acks) == 1 and str(acks[0].uri) == "sip:disp-3@127.0.0.1:5999"
+    # the caller's re-INVITE goes on to the phone, and the phone's 200 is acknowledged there
+    w.caller.in_dialog("INVITE", HANDOFFD, body=sdp(7050), content_type="application/sdp")
+    w.net.advance(1.0)
+    assert [r.method for r in w.phone.requests] == ["INVITE", "ACK", "INVITE", "ACK"]
+    assert w.caller.statuses() == [100, 180, 200, 100, 200]
+    w.caller.in_dialog("BYE", HANDOFFD)
+    w.net.advance(1.0)
+    byes = [r for r in w.phone.requests if r.method == "BYE"]
+    assert len(byes) == 1 and w.phone.dialog is None
+    assert not w.core.calls
 
 
 def test_unregistered_position_without_uri_gets_the_caller_480(tmp_path: Path) -> None:
