@@ -165,6 +165,15 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen (SIP, then HTTP) and start the workers. When a step fails (a port in use),
+        what was opened is closed again before the error goes up."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         for ls in self.config.sip.listen:
             self.sip_endpoints.append(await self.stack.listen(ls.transport, ls.host, ls.port))

@@ -38,6 +38,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
         self.v6 = False  # bound to an IPv6 address (read once: sockname is a syscall)
+        self.closed = asyncio.get_running_loop().create_future()  # its socket is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -64,6 +65,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like; the transaction layer's timers cover the loss
         log.debug("udp error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -202,6 +207,8 @@ class Transports:
         for proto in self._udp:
             if proto.transport is not None:
                 proto.transport.close()
+        if self._udp:  # the loop closes the sockets on its next turn: the ports are free after
+            await asyncio.wait([proto.closed for proto in self._udp], timeout=5)
         for stream in list(self._streams.values()):
             if stream.transport is not None:
                 stream.transport.close()

@@ -160,3 +160,23 @@ async def test_startup_health_reload_and_drain(tmp_path: Path) -> None:
             await proc.wait()
     err = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert "+18055550123" not in err
+
+
+@pytest.mark.asyncio
+async def test_a_port_in_use_fails_the_start_and_closes_what_was_opened(tmp_path: Path) -> None:
+    """SIP listens on UDP and TCP of one port; another program holds the TCP one. The start
+    fails with the OS error, and the UDP socket it had bound is closed again (not leaked)."""
+    from telephony.config import load_config  # noqa: PLC0415
+    from telephony.daemon import Daemon  # noqa: PLC0415
+
+    ports = Ports()
+    config = load_config(write_setup(tmp_path / "etc", ports))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", ports.sip))
+        holder.listen()
+        daemon = Daemon(config)
+        with pytest.raises(OSError, match="address already in use"):
+            await daemon.start()
+    assert not daemon.ready
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", ports.sip))  # raises if the daemon's UDP socket were still open

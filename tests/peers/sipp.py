@@ -25,18 +25,27 @@ def sipp_binary() -> str:
     return path
 
 
+#: every port free_port handed out in this process: never handed out twice, so that two
+#: parties picked one after the other (a daemon's SIP port, then the Redis next to it) cannot
+#: be given the same port the kernel happened to offer again
+_GIVEN: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now."""
+    """A port free for both UDP and TCP on ``host`` right now, not handed out before."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
+        if port in _GIVEN:
+            continue
         other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
         try:
             with socket.socket(socket.AF_INET, other) as s2:
                 s2.bind((host, port))
         except OSError:
             continue
+        _GIVEN.add(port)
         return port
     raise RuntimeError("no free port")
 
@@ -91,6 +100,8 @@ def free_udp_range(
         ports = range(base, base + count)
         if ports[-1] >= 65535 or (avoid and ports[0] <= avoid[-1] and avoid[0] <= ports[-1]):
             continue
+        if any(p in _GIVEN for p in ports[1:]):
+            continue
         held: list[socket.socket] = []
         try:
             for port in ports:
@@ -102,6 +113,7 @@ def free_udp_range(
         finally:
             for s in held:
                 s.close()
+        _GIVEN.update(ports)
         return base
     raise RuntimeError(f"no {count} consecutive free UDP ports")
 
