@@ -146,7 +146,9 @@ class Daemon:
         self.stack = SipStack(self._on_event, TimerConfig(sip.t1, sip.t2, sip.t4))
         media = config.media
         self.relay = Relay(
-            PortAllocator(media.host, media.port_min, media.port_max), latch=media.latch
+            PortAllocator(media.host, media.port_min, media.port_max),
+            latch=media.latch,
+            keep_open=media.keep_open,
         )
         self.observer = Observer(config, redis_url=config.redis_url)
         self.core: B2bua | None = None

@@ -29,7 +29,7 @@ _SECTIONS = "sip http media trunks positions registrar rules probe drain redis r
 TOP_KEYS: tuple[str, ...] = tuple(_SECTIONS.split(" "))
 SIP_KEYS = ("listen", "advertise", "user_agent", "t1", "t2", "t4", "max_forwards", "ring_timeout")
 HTTP_KEYS = ("host", "port", "tokens", "tokens_env")
-MEDIA_KEYS = ("host", "port_min", "port_max", "latch", "hold_audio")
+MEDIA_KEYS = ("host", "port_min", "port_max", "latch", "hold_audio", "keep_open")
 TRUNK_KEYS = ("allow", "psap_id", "transfer_numbers", "triage_header")
 POSITION_KEYS = ("uri", "numbers", "transport", "accept_multipart", "share_location", "auth")
 AUTH_KEYS = ("username", "password", "password_env")
@@ -138,6 +138,9 @@ class MediaConfig:
     #: what a caller on consult hold hears: a comfort tone (so a caller in crisis knows the
     #: line is alive) or silence
     hold_audio: HoldAudio = "tone"
+    #: socket pairs of ended calls kept bound for the next calls (0: close them); capped at
+    #: the range and at a quarter of the open-file limit (telephony/media/kept.py)
+    keep_open: int = 1024
 
 
 @dataclass(frozen=True, slots=True)

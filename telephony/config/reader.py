@@ -383,9 +383,12 @@ class _Reader:
             )
         latch = self._choice(m, "media.latch", d.latch, LATCHES)
         hold = self._choice(m, "media.hold_audio", d.hold_audio, HOLD_AUDIO)
+        keep = self._int(m, "media.keep_open", d.keep_open, 0, 65535)
         if len(self.sink) > before or host is None or low is None or high is None:
             return None
-        return MediaConfig(host, low, high, cast(Latch, latch), cast(HoldAudio, hold))
+        if keep is None:
+            return None
+        return MediaConfig(host, low, high, cast(Latch, latch), cast(HoldAudio, hold), keep)
 
     def _clash(self, sip: SipConfig, http: HttpConfig, top: Entries) -> None:
         """The HTTP API and a SIP TCP socket on one address would fail to bind. (A SIP UDP port
