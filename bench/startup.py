@@ -12,11 +12,15 @@ handoffd, no pyc    the same with ``PYTHONPYCACHEPREFIX`` pointing at an empty d
                     pays (the CI machine has it set).
 aiohttp floor       the same interpreter starting a bare aiohttp app with one ``/healthz`` route
                     (no SIP, no config): the floor for any aiohttp service on this machine.
+handoffd (LABEL)    with ``--code LABEL=DIR`` (repeatable): handoffd from the source tree DIR,
+                    first on ``PYTHONPATH`` (compile it first: ``python -m compileall DIR``),
+                    e.g. the code before a change, snapshotted with ``git archive``; with
+                    DIR/config/handoffd.yaml (and the rules it names) it starts on that.
 
 The time is taken from just before ``Popen`` to the first 200 from /healthz (polled every 5 ms).
 Each run's process gets SIGTERM and is waited for before the next starts.
 
-Run:  .venv/bin/python bench/startup.py [--rounds 9] [--json]
+Run:  .venv/bin/python bench/startup.py [--rounds 9] [--code LABEL=DIR ...] [--json]
 """
 
 from __future__ import annotations
@@ -62,14 +66,19 @@ def healthy(port: int) -> bool:
         return False
 
 
-def one(case: str, empty_cache: Path) -> float:
+def one(case: str, empty_cache: Path, codes: dict[str, str]) -> float:
     http = free_port(socket.SOCK_STREAM)
     env = dict(os.environ)
+    if case in codes:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [codes[case], env.get("PYTHONPATH")]))
     if case == "aiohttp floor":
         cmd = [str(BIN / "python"), "-c", FLOOR_APP, str(http)]
     else:
         sip = free_port(socket.SOCK_DGRAM)
-        cmd = [str(BIN / "handoffd"), "--config", str(ROOT / "config" / "handoffd.yaml")]
+        config = ROOT / "config" / "handoffd.yaml"
+        if case in codes and (Path(codes[case]) / "config" / "handoffd.yaml").exists():
+            config = Path(codes[case]) / "config" / "handoffd.yaml"  # that tree's own example
+        cmd = [str(BIN / "handoffd"), "--config", str(config)]
         cmd += ["--sip-listen", f"{HOST}:{sip}", "--http-listen", f"{HOST}:{http}"]
         cmd += ["--redis-url", f"redis://{HOST}:{free_port(socket.SOCK_STREAM)}/0"]
         env["HANDOFF_API_TOKENS"] = "bench-token"
@@ -102,13 +111,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--code", action="append", default=[], metavar="LABEL=DIR")
     args = ap.parse_args()
-    cases = ["handoffd", "handoffd, no pyc", "aiohttp floor"]
+    codes = {f"handoffd ({c.split('=', 1)[0]})": c.split("=", 1)[1] for c in args.code}
+    cases = ["handoffd", "handoffd, no pyc", "aiohttp floor", *codes]
     times: dict[str, list[float]] = {c: [] for c in cases}
     with tempfile.TemporaryDirectory() as empty:
         for r in range(args.rounds):
             for case in cases if r % 2 == 0 else reversed(cases):
-                times[case].append(one(case, Path(empty)))
+                times[case].append(one(case, Path(empty), codes))
     rows = {
         c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": len(v)}
         for c, v in times.items()
