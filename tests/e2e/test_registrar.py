@@ -6,6 +6,8 @@ Proves, over real UDP sockets with SIPp 3.6.1 as the phone (sipp_scenarios/uac-r
   challenged (401), then accepted (200 listing the contact with ``;expires=``); a 911 caller's
   INVITE (uac-911-caller) then reaches a SIPp UAS on the REGISTER's source port, although the
   Contact names a port nobody listens on (the NAT case), and the call completes on both sides;
+- a phone whose 200 also names that private port still gets the ACK and the BYE at the
+  REGISTER's source (handoffd's requests follow the registration's flow, not the Contact);
 - a wrong password, and an unknown user, get 403 and leave no binding;
 - a too brief expiry gets 423 with Min-Expires, another position's address-of-record 403, an
   unknown one 404;
@@ -32,7 +34,7 @@ from telephony.daemon import Daemon
 from telephony.sip.transaction import Endpoint
 from tests.e2e.harness import Ports, write_setup
 from tests.peers.redis import RedisServer
-from tests.peers.sipp import SippResult, free_port, media_port, start_sipp
+from tests.peers.sipp import SCENARIOS, SippResult, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 
@@ -151,6 +153,45 @@ async def test_registered_phone_receives_the_911_call_at_its_register_source(
         disp = next(leg for leg in call.legs if leg.role == "dispatcher")
         assert str(disp.invite.uri) == f"sip:disp-3@127.0.0.1:{nat_port}"
         assert disp.dest == Endpoint("udp", "127.0.0.1", phone_port)
+
+
+async def test_a_phone_behind_nat_gets_the_ack_and_the_bye_at_its_register_source(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    """The phone's REGISTER and its 200 to the INVITE both give a Contact on a port nobody
+    listens on (its private address behind NAT). handoffd must send the ACK for that 200 and the
+    BYE when the caller hangs up to where the REGISTER came from: the phone (uas-dispatcher,
+    its Contact lines rewritten in a copy) fails its call if either never arrives."""
+    async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+        assert d.core is not None
+        phone_port, nat_port = free_port(), free_port()
+        _ok(
+            await register(tmp_path, ports, phone_port=phone_port, contact=f"127.0.0.1:{nat_port}"),
+            "register",
+        )
+        work = tmp_path / "phone"
+        work.mkdir()
+        scenario = (SCENARIOS / "uas-dispatcher.xml").read_text()
+        private = f"<sip:dispatcher@127.0.0.1:{nat_port};"
+        natted = scenario.replace("<sip:dispatcher@[local_ip]:[local_port];", private)
+        assert natted.count(private) >= 2  # the 180 and the 200
+        (work / "uas-dispatcher-nat.xml").write_text(natted)
+        phone = await start_sipp(
+            str(work / "uas-dispatcher-nat"), workdir=work, local_port=phone_port, timeout_s=30
+        )
+        await asyncio.sleep(0.3)
+        caller = await call_911(tmp_path, ports, "2003")
+        answered = await phone.wait(30)
+        _ok(caller, "caller")
+        _ok(answered, "phone behind NAT")
+        assert answered.count("SuccessfulCall(C)") == 1 and answered.count("Bye(C)") == 1
+        [call] = d.core.ended.values()
+        disp = next(leg for leg in call.legs if leg.role == "dispatcher")
+        assert disp.dialog is not None
+        assert (
+            str(disp.dialog.remote_target) == f"sip:dispatcher@127.0.0.1:{nat_port};transport=UDP"
+        )
+        assert disp.flow == Endpoint("udp", "127.0.0.1", phone_port)
 
 
 async def test_wrong_password_is_403_and_binds_nothing(
