@@ -138,9 +138,9 @@ class MediaConfig:
     #: what a caller on consult hold hears: a comfort tone (so a caller in crisis knows the
     #: line is alive) or silence
     hold_audio: HoldAudio = "tone"
-    #: socket pairs of ended calls kept bound for the next calls (0: close them); capped at
-    #: the range and at a quarter of the open-file limit (telephony/media/kept.py)
-    keep_open: int = 1024
+    #: socket pairs of ended calls kept bound for the next calls (0: close them; the default:
+    #: all), capped at the range and a quarter of the open-file limit (telephony/media/kept.py)
+    keep_open: int = 65535
 
 
 @dataclass(frozen=True, slots=True)
