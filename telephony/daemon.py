@@ -9,7 +9,6 @@ reloads the routing rules on SIGHUP.
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import logging
 import signal
@@ -26,6 +25,7 @@ from telephony.call.b2bua import B2bua, Call
 from telephony.call.ports import MediaLeg
 from telephony.call.probe import Prober
 from telephony.call.transfer import Transfer
+from telephony.collector import YOUNG_EVERY, Collector
 from telephony.config import Config
 from telephony.io.stack import SipStack, install_uvloop
 from telephony.media.dtmf import DigitDetector
@@ -41,11 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("telephony.daemon")
 
-#: Garbage-collector thresholds (bench/RESULTS.md, "the stall"): young passes every 20,000 net
-#: allocations and a middle pass every 5 of them keep each pause under ~0.1 s at 300 calls/s
-#: (the live state of finished transactions is what a pass walks); CPython's default (700, 10,
-#: 10) runs full passes over that state several times a second.
-GC_THRESHOLDS = (20_000, 5, 100)
+#: how often the collector's full pass is considered (telephony/collector.py), seconds
+MAINTAIN_EVERY = 60.0
 
 #: Imported after the daemon serves, in a worker thread (numpy and its tables take ~0.2 s
 #: here): only conferences need it, and the event loop keeps its turns while the thread runs.
@@ -139,8 +136,12 @@ def _endpoint(leg: MediaLeg) -> LegEndpoint:
 class Daemon:
     """One handoffd process. ``await start()``, then ``await serve_forever()``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, collector: Collector | None = None) -> None:
         self.config = config
+        #: the process's collector policy (``main`` installs it; in-process tests have none)
+        self.collector = collector
+        self._maintenance: asyncio.TimerHandle | None = None
+        self._young: asyncio.TimerHandle | None = None
         self.rules = load_rules(config.rules, trunks=tuple(config.trunks))
         sip = config.sip
         self.stack = SipStack(self._on_event, TimerConfig(sip.t1, sip.t2, sip.t4))
@@ -203,6 +204,9 @@ class Daemon:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         self._kick()
+        if self.collector is not None:
+            self._maintenance = loop.call_later(MAINTAIN_EVERY, self._maintain)
+            self._young = loop.call_later(YOUNG_EVERY, self._collect_young)
         self.ready = True
         self._preload = loop.run_in_executor(None, importlib.import_module, MIXER_MODULE)
         log.info(
@@ -235,12 +239,28 @@ class Daemon:
         self.ready = False
         if self._timer is not None:
             self._timer.cancel()
+        for handle in (self._maintenance, self._young):
+            if handle is not None:
+                handle.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.stack.close()
         await self.relay.wait_closed()
         await self.observer.stop()  # flushes to Redis, or to the spool within 5 s
         self._stopped.set()
+
+    def _maintain(self) -> None:
+        """Every MAINTAIN_EVERY: the collector's full pass when it is due (idle: no call up)."""
+        loop = asyncio.get_running_loop()
+        if self.collector is not None:
+            self.collector.maintain(loop.time(), idle=self.core is None or not self.core.calls)
+        self._maintenance = loop.call_later(MAINTAIN_EVERY, self._maintain)
+
+    def _collect_young(self) -> None:
+        """Every YOUNG_EVERY, between callbacks: the collector's young pass when it is due."""
+        if self.collector is not None:
+            self.collector.young()
+        self._young = asyncio.get_running_loop().call_later(YOUNG_EVERY, self._collect_young)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -454,9 +474,11 @@ def transfer_view(t: Transfer) -> dict[str, Any]:
     }
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, collector: Collector | None = None) -> int:
     """Run until SIGTERM/SIGINT has drained the daemon."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, collector=collector)
+    if collector is not None:
+        collector.last_full = asyncio.get_running_loop().time()
     await daemon.start()
     daemon.install_signals()
     await daemon.serve_forever()
@@ -466,10 +488,9 @@ async def run(config: Config) -> int:
 def main(config: Config) -> int:
     logs.configure(config.log_level, phi=config.log_phi)
     install_uvloop()
-    # The daemon's objects live for the whole run: keep them out of the collector's way. The
-    # collector was off while modules were imported (handoffd_main); what they left is a few
-    # thousand objects, frozen with the rest rather than paying a full pass (~0.1 s) at startup.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    gc.enable()
-    return asyncio.run(run(config))
+    # The collector was off while modules were imported (handoffd_main); what they left is
+    # frozen with the rest (no full pass at startup: ~0.1 s); then young passes only, survivors
+    # frozen, a full pass when idle (telephony/collector.py).
+    collector = Collector(0.0)
+    collector.install()
+    return asyncio.run(run(config, collector))

@@ -1,0 +1,88 @@
+"""How handoffd runs CPython's cyclic garbage collector (measurements: bench/RESULTS.md, run L).
+
+Handling a call makes no reference cycles: every object of a call, its legs and its
+transactions is freed by reference counting when the call is over (0 unreachable objects per
+call, basic or transferred: ``tests/unit/test_collector.py``). So in steady state the collector
+finds nothing and only walks live objects, and the live state is large and long-lived: every
+transaction waits up to 32 s after its call (RFC 3261 timers J, L, M). Its middle passes over
+that state were the daemon's latency tail: pauses of 70-145 ms every ~7.5 s at 150 calls/s.
+
+The policy: automatic collection is off. The daemon calls :meth:`Collector.young` from its event
+loop every :data:`YOUNG_EVERY` seconds, between callbacks, never in the middle of handling a
+message: when :data:`YOUNG` net new objects have been made since the last pass, a young pass
+runs and whatever survives it is frozen at once (``gc.freeze``: moved to the permanent
+generation, which no pass walks). Frozen objects are still freed by reference counting, exactly
+as before; only a reference cycle among them would never be found. That is what the full pass
+is for: it unfreezes everything and collects all generations, when the daemon has no call (at
+most every :data:`FULL_IDLE_S`), and after :data:`FULL_MAX_S` even under load. A full pass that
+finds cycles logs a warning (from the second on: the first also finds what startup left): in
+steady state that is a bug to find.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+log = logging.getLogger("telephony.collector")
+
+#: net new tracked objects that make a young pass due: each pass walks about this many
+YOUNG = 2_000
+#: how often the event loop looks whether a young pass is due (s)
+YOUNG_EVERY = 0.05
+#: a full pass when idle, at most this often (s)
+FULL_IDLE_S = 600.0
+#: and at the latest after this long, even with calls up (s)
+FULL_MAX_S = 3600.0
+
+
+class Collector:
+    """Installed once by ``telephony.daemon.main``; :meth:`maintain` is called periodically."""
+
+    def __init__(self, now: float) -> None:
+        self.last_full = now
+        self.full_passes = 0
+        self.freed_by_full = 0  # unreachable objects the full passes found (should stay 0)
+        self.young_passes = 0
+        self.installed = False
+
+    def install(self) -> None:
+        """Freeze everything alive now (modules, config); automatic collection off."""
+        gc.disable()
+        gc.freeze()
+        self.installed = True
+
+    def uninstall(self) -> None:
+        """Back to CPython's automatic collection (tests; a daemon never needs it)."""
+        gc.unfreeze()
+        gc.enable()
+        self.installed = False
+
+    def young(self) -> bool:
+        """A young pass when due, its survivors frozen; True when one ran."""
+        if gc.get_count()[0] < YOUNG:
+            return False
+        gc.collect(0)
+        gc.freeze()
+        self.young_passes += 1
+        return True
+
+    def maintain(self, now: float, *, idle: bool) -> int | None:
+        """Run the full pass when it is due (``idle``: no call up); returns how many
+        unreachable objects it found, or None when it did not run."""
+        since = now - self.last_full
+        if since < FULL_MAX_S and not (idle and since >= FULL_IDLE_S):
+            return None
+        self.last_full = now
+        t0 = time.perf_counter()
+        gc.unfreeze()
+        found = gc.collect()
+        gc.freeze()
+        ms = (time.perf_counter() - t0) * 1000
+        self.full_passes += 1
+        self.freed_by_full += found
+        # the first pass also finds what startup left (imports, config): not a leak
+        level = logging.WARNING if found and self.full_passes > 1 else logging.INFO
+        log.log(level, "collector: full pass in %.0f ms, %d objects in reference cycles", ms, found)
+        return found
