@@ -30,7 +30,9 @@ core (default)  In process, no sockets. One 3-party conference (caller PCMU 440 
                 window (100 = one core; the user/system split is in --json, but this VM's
                 tick-based accounting splits short wake-ups unreliably); it includes the
                 sockets (recv, send: on loopback the kernel's delivery to the phones' sockets is
-                charged to the sender) and the loop.
+                charged to the sender) and the loop. The garbage collector runs as handoffd
+                runs it (``--collector daemon``, the default: telephony/collector.py), or with
+                CPython's thresholds (``default``), or both interleaved (``both``).
 
 Run:  uv run python bench/mixer.py [--rounds 25] [--batch 500] [--many 200,400] [--json]
       uv run python bench/mixer.py --udp 100,150,200 [--duration 10] [--repeats 3] [--baseline]
@@ -59,6 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 from rtp_relay import _cpu, _pin, _recv, machine
 
+from telephony.collector import YOUNG_EVERY, Collector
 from telephony.media import g711
 from telephony.media.conference import Conference
 from telephony.media.g711 import PCMA, PCMU
@@ -404,11 +407,47 @@ def phones(conn: Connection, confs: int, duration: float, pin: bool) -> None:
         sk.close()
 
 
+class DaemonCollector:
+    """The collector as handoffd runs it (telephony/collector.py): automatic passes off, young
+    passes from the loop between callbacks, survivors frozen. Undone by :meth:`close`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.policy = Collector(0.0)
+        self.policy.install()
+        self.loop = loop
+        self.handle = loop.call_later(YOUNG_EVERY, self._young)
+
+    def _young(self) -> None:
+        self.policy.young()
+        self.handle = self.loop.call_later(YOUNG_EVERY, self._young)
+
+    def close(self) -> None:
+        self.handle.cancel()
+        self.policy.uninstall()
+
+
 async def udp_case(
-    confs: int, duration: float, base_port: int, pin: bool = True, relay_only: bool = False
+    confs: int,
+    duration: float,
+    base_port: int,
+    pin: bool = True,
+    relay_only: bool = False,
+    collector: str = "daemon",
 ) -> dict[str, Any]:
     """``confs`` conferences (or, ``relay_only``, the same 3 x ``confs`` phones bridged in
-    pairs by the plain relay: the same packets in and out, no mixer: the I/O floor)."""
+    pairs by the plain relay: the same packets in and out, no mixer: the I/O floor).
+    ``collector``: ``daemon`` (handoffd's policy) or ``default`` (CPython's thresholds)."""
+    gc_policy = DaemonCollector(asyncio.get_running_loop()) if collector == "daemon" else None
+    try:
+        return await _udp_case(confs, duration, base_port, pin, relay_only)
+    finally:
+        if gc_policy is not None:
+            gc_policy.close()
+
+
+async def _udp_case(
+    confs: int, duration: float, base_port: int, pin: bool, relay_only: bool
+) -> dict[str, Any]:
     relay = Relay(PortAllocator(HOST, base_port, base_port + 6 * confs + 63))
     eps = [await relay.open_endpoint(f"c{i}/{j}") for i in range(confs) for j in range(3)]
     ctx = mp.get_context("spawn")
@@ -497,29 +536,38 @@ def udp(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_pin:
         _pin(MIXER_CPU)
     rows = []
+    collectors = ["daemon", "default"] if args.collector == "both" else [args.collector]
     for rep in range(args.repeats):
         for n in counts:
-            loop = uvloop.new_event_loop()
-            try:
-                row = loop.run_until_complete(
-                    udp_case(n, args.duration, args.port_base, not args.no_pin, args.baseline)
-                )
-            finally:
-                loop.close()
-            row["repeat"] = rep
-            rows.append(row)
-            print(
-                f"{row['mode']:10s} {n:4d} conferences: sent {row['sent']} mixed {row['mixed']} "
-                f"lost_in {row['lost_in']} late {row['late']} holes {row['holes']} starved "
-                f"{row['starved']} skipped {row['ticks_skipped']} lost_out {row['lost_out']} "
-                f"cpu {row['mixer_cpu_pct']:.0f}% (user {row['user_pct']:.0f}, sys "
-                f"{row['sys_pct']:.0f}) ({row['us_per_conference_tick']:.1f} µs/conf "
-                f"tick) gen late p99 {row['gen_late_p99_us']:.0f} µs -> "
-                f"{'clean' if row['clean'] else 'NOT clean'}",
-                file=sys.stderr,
-                flush=True,
-            )
+            for policy in collectors if rep % 2 == 0 else collectors[::-1]:
+                row = _udp_row(args, n, policy)
+                row["repeat"] = rep
+                rows.append(row)
     return rows
+
+
+def _udp_row(args: argparse.Namespace, n: int, policy: str) -> dict[str, Any]:
+    loop = uvloop.new_event_loop()
+    try:
+        row = loop.run_until_complete(
+            udp_case(n, args.duration, args.port_base, not args.no_pin, args.baseline, policy)
+        )
+    finally:
+        loop.close()
+    row["collector"] = policy
+    print(
+        f"[gc {policy}] {row['mode']:10s} {n:4d} conferences: sent {row['sent']} "
+        f"mixed {row['mixed']} "
+        f"lost_in {row['lost_in']} late {row['late']} holes {row['holes']} starved "
+        f"{row['starved']} skipped {row['ticks_skipped']} lost_out {row['lost_out']} "
+        f"cpu {row['mixer_cpu_pct']:.0f}% (user {row['user_pct']:.0f}, sys "
+        f"{row['sys_pct']:.0f}) ({row['us_per_conference_tick']:.1f} µs/conf "
+        f"tick) gen late p99 {row['gen_late_p99_us']:.0f} µs -> "
+        f"{'clean' if row['clean'] else 'NOT clean'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
 
 
 # ---------------------------------------------------------------------------- output
@@ -540,6 +588,12 @@ def main() -> None:
         "--baseline",
         action="store_true",
         help="with --udp: the same phones bridged in pairs by the relay, no mixer (N even)",
+    )
+    ap.add_argument(
+        "--collector",
+        choices=("daemon", "default", "both"),
+        default="daemon",
+        help="with --udp: the garbage collector as handoffd runs it, CPython's default, or both",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -592,14 +646,19 @@ def core_table(r: dict[str, Any]) -> str:
 
 def udp_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| mode | conferences | phones' packets/s in | mixed (or relayed) | lost in | late | holes "
+        "| mode (collector) | conferences | phones' packets/s in | mixed (or relayed) | lost in "
+        "| late | holes "
         "| starved | ticks skipped | lost out | CPU % (one core) | CPU µs per conference tick "
         "| generator late p99 µs | clean |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| --- |",
     ]
-    for mode, n in sorted({(r["mode"], r["conferences"]) for r in rows}):
-        mine = [r for r in rows if r["conferences"] == n and r["mode"] == mode]
+    for mode, n, policy in sorted({(r["mode"], r["conferences"], r["collector"]) for r in rows}):
+        mine = [
+            r
+            for r in rows
+            if r["conferences"] == n and r["mode"] == mode and r["collector"] == policy
+        ]
 
         def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
             return statistics.median(float(r[key]) for r in mine)
@@ -609,7 +668,7 @@ def udp_table(rows: list[dict[str, Any]]) -> str:
 
         clean = sum(1 for r in mine if r["clean"])
         lines.append(
-            f"| {mode} | {n} | {150 * n:,} | {med('mixed'):,.0f} | {worst('lost_in')} "
+            f"| {mode} ({policy}) | {n} | {150 * n:,} | {med('mixed'):,.0f} | {worst('lost_in')} "
             f"| {worst('late')} | {worst('holes')} | {max(0, worst('starved'))} "
             f"| {worst('ticks_skipped')} | {worst('lost_out')} | {med('mixer_cpu_pct'):.0f} "
             f"| {med('us_per_conference_tick'):.1f} | {med('gen_late_p99_us'):.0f} "

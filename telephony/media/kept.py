@@ -26,11 +26,13 @@ from telephony.media.ports import MediaError, PortAllocator, PortPair
 log = logging.getLogger("telephony.media")
 
 PREWARM = 32  # default: socket pairs opened ahead when keep_open is set
+CLOSE_WAIT = 5.0  # seconds shutdown waits for the kept sockets to close
 Transports = tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]
 
 
 class _Parked(asyncio.DatagramProtocol):
-    """Reads the sockets of a kept pair between two endpoints: drops everything."""
+    """Reads one kept socket between two endpoints: drops everything. One per transport, so
+    that shutdown waits for exactly the transports it closed (see :meth:`KeptPairs.close`)."""
 
     __slots__ = ("pool",)
 
@@ -44,7 +46,7 @@ class _Parked(asyncio.DatagramProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pool._lost()
+        self.pool._lost(self)
 
 
 class KeptPairs:
@@ -58,8 +60,8 @@ class KeptPairs:
         #: pairs the first endpoint opens ahead: few, so a fresh daemon does not bind its range
         self.prewarm_pairs = min(PREWARM if prewarm is None else prewarm, self.limit)
         self.drops = 0  # datagrams that arrived on kept sockets between endpoints
-        self._parked = _Parked(self)
-        self._closing = 0  # kept transports closed at shutdown, not yet lost
+        #: the protocols of kept transports closed at shutdown whose loss is still to come
+        self._closing: set[_Parked] = set()
         self._closed: asyncio.Future[None] | None = None
         self._task: asyncio.Task[int] | None = None
         self._started = False  # prewarm() ran or runs
@@ -87,8 +89,8 @@ class KeptPairs:
         transport is already closing; the caller then closes them."""
         if self.ports.kept >= self.limit or rtp.is_closing() or rtcp.is_closing():
             return False
-        rtp.set_protocol(self._parked)
-        rtcp.set_protocol(self._parked)
+        rtp.set_protocol(_Parked(self))
+        rtcp.set_protocol(_Parked(self))
         pair.kept = (rtp, rtcp)
         self.ports.release(pair.rtp_port, keep=pair)
         return True
@@ -113,15 +115,14 @@ class KeptPairs:
                 rtp: asyncio.DatagramTransport | None = None
                 try:
                     rtp, _ = await loop.create_datagram_endpoint(
-                        lambda: self._parked, sock=pair.rtp_sock
+                        lambda: _Parked(self), sock=pair.rtp_sock
                     )
                     rtcp, _ = await loop.create_datagram_endpoint(
-                        lambda: self._parked, sock=pair.rtcp_sock
+                        lambda: _Parked(self), sock=pair.rtcp_sock
                     )
                 except BaseException:
                     taken.pop()
                     if rtp is not None:
-                        self._closing += 1  # its _Parked protocol reports the loss
                         rtp.close()
                     pair.close()
                     ports.release(pair.rtp_port)
@@ -141,24 +142,32 @@ class KeptPairs:
         if self._task is not None:
             self._task.cancel()
         for pair in self.ports.take_kept():
-            rtp, rtcp = cast(Transports, pair.kept)
+            for transport in cast(Transports, pair.kept):
+                protocol = transport.get_protocol()
+                if not transport.is_closing() and isinstance(protocol, _Parked):
+                    self._closing.add(protocol)  # its connection_lost is still to come
+                transport.close()
             pair.kept = None
-            self._closing += 2
-            rtp.close()
-            rtcp.close()
 
     async def wait_closed(self) -> None:
-        """After :meth:`close`: wait for the prewarming to stop and every kept socket to close."""
+        """After :meth:`close`: wait for the prewarming to stop and every kept socket to close
+        (at most CLOSE_WAIT seconds: a shutdown never hangs on a socket)."""
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self.close()  # what it had opened before it was cancelled
-        if self._closing > 0:
-            self._closed = asyncio.get_running_loop().create_future()
-            await self._closed
+        if not self._closing:
+            return
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_WAIT)
+        except TimeoutError:
+            log.warning(
+                "media: %d kept sockets not closed after %.0f s", len(self._closing), CLOSE_WAIT
+            )
 
-    def _lost(self) -> None:
-        self._closing -= 1
+    def _lost(self, protocol: _Parked) -> None:
+        self._closing.discard(protocol)
         done = self._closed
-        if self._closing <= 0 and done is not None and not done.done():
+        if not self._closing and done is not None and not done.done():
             done.set_result(None)
