@@ -10,10 +10,11 @@ that state were the daemon's latency tail: pauses of 70-145 ms every ~7.5 s at 1
 The policy: automatic collection is off. The daemon calls :meth:`Collector.young` from its event
 loop every :data:`YOUNG_EVERY` seconds, between callbacks, never in the middle of handling a
 message: when :data:`YOUNG` net new objects have been made since the last pass, a young pass
-runs and whatever survives it is frozen at once (``gc.freeze``: moved to the permanent
+runs (collecting any cycle made and dropped among the new objects, e.g. an exception and its
+traceback) and whatever survives it is frozen at once (``gc.freeze``: moved to the permanent
 generation, which no pass walks). Frozen objects are still freed by reference counting, exactly
-as before; only a reference cycle among them would never be found. That is what the full pass
-is for: it unfreezes everything and collects all generations, when the daemon has no call (at
+as before; only a reference cycle that closes among frozen objects would not be found by a
+young pass. That is what the full pass is for: it unfreezes everything and collects all generations, when the daemon has no call (at
 most every :data:`FULL_IDLE_S`), and after :data:`FULL_MAX_S` even under load. A full pass that
 finds cycles logs a warning (from the second on: the first also finds what startup left): in
 steady state that is a bug to find.
