@@ -14,10 +14,10 @@ runs (collecting any cycle made and dropped among the new objects, e.g. an excep
 traceback) and whatever survives it is frozen at once (``gc.freeze``: moved to the permanent
 generation, which no pass walks). Frozen objects are still freed by reference counting, exactly
 as before; only a reference cycle that closes among frozen objects would not be found by a
-young pass. That is what the full pass is for: it unfreezes everything and collects all generations, when the daemon has no call (at
-most every :data:`FULL_IDLE_S`), and after :data:`FULL_MAX_S` even under load. A full pass that
-finds cycles logs a warning (from the second on: the first also finds what startup left): in
-steady state that is a bug to find.
+young pass. That is what the full pass is for: it unfreezes everything and collects all
+generations, when the daemon has no call (at most every :data:`FULL_IDLE_S`), and after
+:data:`FULL_MAX_S` even under load. A full pass that finds cycles logs a warning (from the
+second on: the first also finds what startup left): in steady state that is a bug to find.
 """
 
 from __future__ import annotations
