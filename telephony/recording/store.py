@@ -23,16 +23,49 @@ import os
 import time
 from dataclasses import fields as dc_fields
 from dataclasses import replace
-from typing import Any, Final
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from typing import TYPE_CHECKING, Any, Final
 
 from telephony.config import Config
 from telephony.recording.events import RecordEvent
 from telephony.recording.spool import BATCH_INTERVAL, Spool
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+
+class _NotLoadedError(Exception):
+    """Stands for redis-py's exception classes until redis-py is imported (never raised)."""
+
+
+#: what a failed Redis operation raises, and a script Redis no longer knows: redis-py's classes
+#: once :func:`_load_redis` ran. redis-py is imported by the writer, in a worker thread, the
+#: first time it connects (~0.1 s at startup otherwise; the daemon serves without waiting).
+_FAILED: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+_NO_SCRIPT: type[BaseException] = _NotLoadedError
+
+
+def _load_redis() -> None:
+    global _FAILED, _NO_SCRIPT  # noqa: PLW0603 (bound once, by the first connect)
+    import redis.asyncio  # noqa: F401, PLC0415
+    from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
+
+    _FAILED = (TimeoutError, RedisError, OSError)
+    _NO_SCRIPT = NoScriptError
+
+
+def _new_client(url: str) -> aioredis.Redis:
+    import redis.asyncio as aioredis  # noqa: PLC0415 (loaded by _load_redis already)
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=OP_TIMEOUT,
+        socket_connect_timeout=min(OP_TIMEOUT, 2.0),
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
 
 log = logging.getLogger("telephony.records")
 _NAMES: Final = tuple(f.name for f in dc_fields(RecordEvent))
@@ -238,13 +271,6 @@ class Recorder:
         if self.spool.pending():
             self._spooling = True  # what an earlier run left goes first
             log.info("spool: %d events to replay", self.spool.pending())
-        self._client = aioredis.Redis.from_url(
-            self.redis_url,
-            socket_timeout=OP_TIMEOUT,
-            socket_connect_timeout=min(OP_TIMEOUT, 2.0),
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
         self._tasks = [asyncio.create_task(self._writer(), name="records-writer")]
         if rc.spool_fsync == "batch":
             self._tasks.append(asyncio.create_task(self._syncer(), name="records-fsync"))
@@ -268,7 +294,7 @@ class Recorder:
             self.spool.flush()
             self.spool.close()
         if self._client is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*_FAILED):
                 await self._client.aclose()
             self._client = None
 
@@ -357,11 +383,13 @@ class Recorder:
                 self.spool.append(self.redact(ev))
 
     async def _connect(self) -> bool:
+        if self._client is None:  # the first time: redis-py off the event loop, then a client
+            await asyncio.to_thread(_load_redis)
+            self._client = _new_client(self.redis_url)
         client = self._client
-        assert client is not None
         try:
             await asyncio.wait_for(client.script_load(APPLY_LUA), OP_TIMEOUT)
-        except (TimeoutError, RedisError, OSError):
+        except _FAILED:
             return False
         if self._down_seen:
             log.info("redis reachable again")
@@ -381,11 +409,11 @@ class Recorder:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             try:
                 results = await asyncio.wait_for(pipe.execute(), OP_TIMEOUT)
-            except NoScriptError:  # Redis restarted between connect and now
+            except _NO_SCRIPT:  # Redis restarted between connect and now
                 if attempt == 2 or not await self._connect():
                     return False
                 continue
-            except (TimeoutError, RedisError, OSError) as exc:
+            except _FAILED as exc:
                 log.debug("redis write failed: %r", exc)
                 self._up = False
                 return False
@@ -472,7 +500,7 @@ class Recorder:
             for name in ("calls:by_time", "transfers:by_time", "discrepancies:by_time"):
                 pipe.zremrangebyscore(f"{p}{name}", "-inf", f"({cutoff}")
             await asyncio.wait_for(pipe.execute(), OP_TIMEOUT)
-        except (TimeoutError, RedisError, OSError):
+        except _FAILED:
             pass  # next time
 
     async def _syncer(self) -> None:
