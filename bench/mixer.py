@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 from rtp_relay import _cpu, _pin, _recv, machine
 
-from telephony.collector import YOUNG_EVERY, Collector
+from telephony.collector import Collector
 from telephony.media import g711
 from telephony.media.conference import Conference
 from telephony.media.g711 import PCMA, PCMU
@@ -407,25 +407,6 @@ def phones(conn: Connection, confs: int, duration: float, pin: bool) -> None:
         sk.close()
 
 
-class DaemonCollector:
-    """The collector as handoffd runs it (telephony/collector.py): automatic passes off, young
-    passes from the loop between callbacks, survivors frozen. Undone by :meth:`close`."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.policy = Collector(0.0)
-        self.policy.install()
-        self.loop = loop
-        self.handle = loop.call_later(YOUNG_EVERY, self._young)
-
-    def _young(self) -> None:
-        self.policy.young()
-        self.handle = self.loop.call_later(YOUNG_EVERY, self._young)
-
-    def close(self) -> None:
-        self.handle.cancel()
-        self.policy.uninstall()
-
-
 async def udp_case(
     confs: int,
     duration: float,
@@ -437,12 +418,15 @@ async def udp_case(
     """``confs`` conferences (or, ``relay_only``, the same 3 x ``confs`` phones bridged in
     pairs by the plain relay: the same packets in and out, no mixer: the I/O floor).
     ``collector``: ``daemon`` (handoffd's policy) or ``default`` (CPython's thresholds)."""
-    gc_policy = DaemonCollector(asyncio.get_running_loop()) if collector == "daemon" else None
+    gc_policy = Collector() if collector == "daemon" else None
+    if gc_policy is not None:  # as handoffd runs it (telephony/collector.py)
+        gc_policy.install()
+        gc_policy.drive(asyncio.get_running_loop(), idle=lambda: False)
     try:
         return await _udp_case(confs, duration, base_port, pin, relay_only)
     finally:
         if gc_policy is not None:
-            gc_policy.close()
+            gc_policy.uninstall()
 
 
 async def _udp_case(

@@ -7,24 +7,26 @@ finds nothing and only walks live objects, and the live state is large and long-
 transaction waits up to 32 s after its call (RFC 3261 timers J, L, M). Its middle passes over
 that state were the daemon's latency tail: pauses of 70-145 ms every ~7.5 s at 150 calls/s.
 
-The policy: automatic collection is off. The daemon calls :meth:`Collector.young` from its event
-loop every :data:`YOUNG_EVERY` seconds, between callbacks, never in the middle of handling a
-message: when :data:`YOUNG` net new objects have been made since the last pass, a young pass
-runs (collecting any cycle made and dropped among the new objects, e.g. an exception and its
-traceback) and whatever survives it is frozen at once (``gc.freeze``: moved to the permanent
-generation, which no pass walks). Frozen objects are still freed by reference counting, exactly
-as before; only a reference cycle that closes among frozen objects would not be found by a
-young pass. That is what the full pass is for: it unfreezes everything and collects all
-generations, when the daemon has no call (at most every :data:`FULL_IDLE_S`), and after
-:data:`FULL_MAX_S` even under load. A full pass that finds cycles logs a warning (from the
+The policy: automatic collection is off. :meth:`Collector.drive` has the event loop call
+:meth:`Collector.young` every :data:`YOUNG_EVERY` seconds, between callbacks, never in the
+middle of handling a message: when :data:`YOUNG` net new objects have been made since the last
+pass, a young pass runs (collecting any cycle made and dropped among the new objects, e.g. an
+exception and its traceback) and whatever survives it is frozen at once (``gc.freeze``: moved to
+the permanent generation, which no pass walks). Frozen objects are still freed by reference
+counting, exactly as before; only a reference cycle that closes among frozen objects would not
+be found by a young pass. That is what the full pass is for: it unfreezes everything and
+collects all generations, when the daemon has no call (at most every :data:`FULL_IDLE_S`), and
+after :data:`FULL_MAX_S` even under load. A full pass that finds cycles logs a warning (from the
 second on: the first also finds what startup left): in steady state that is a bug to find.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("telephony.collector")
 
@@ -32,6 +34,8 @@ log = logging.getLogger("telephony.collector")
 YOUNG = 2_000
 #: how often the event loop looks whether a young pass is due (s)
 YOUNG_EVERY = 0.05
+#: how often the loop looks whether a full pass is due (s)
+MAINTAIN_EVERY = 60.0
 #: a full pass when idle, at most this often (s)
 FULL_IDLE_S = 600.0
 #: and at the latest after this long, even with calls up (s)
@@ -39,26 +43,47 @@ FULL_MAX_S = 3600.0
 
 
 class Collector:
-    """Installed once by ``telephony.daemon.main``; :meth:`maintain` is called periodically."""
+    """Installed once per process (``telephony.daemon.main``), then driven by its event loop."""
 
-    def __init__(self, now: float) -> None:
-        self.last_full = now
+    def __init__(self) -> None:
+        self.last_full = 0.0  # loop time of the last full pass (drive() starts the clock)
         self.full_passes = 0
         self.freed_by_full = 0  # unreachable objects the full passes found (should stay 0)
         self.young_passes = 0
-        self.installed = False
+        self._handles: list[asyncio.TimerHandle] = []
 
     def install(self) -> None:
         """Freeze everything alive now (modules, config); automatic collection off."""
         gc.disable()
         gc.freeze()
-        self.installed = True
 
     def uninstall(self) -> None:
-        """Back to CPython's automatic collection (tests; a daemon never needs it)."""
+        """Back to CPython's automatic collection (tests, benchmarks; a daemon never needs it)."""
+        self.stop()
         gc.unfreeze()
         gc.enable()
-        self.installed = False
+
+    def drive(self, loop: asyncio.AbstractEventLoop, idle: Callable[[], bool]) -> None:
+        """From now on ``loop`` runs the young pass when due and the full pass when due
+        (``idle()``: nothing would mind its pause, e.g. no call up), until :meth:`stop`."""
+        self.stop()
+        self.last_full = loop.time()
+
+        def young() -> None:
+            self.young()
+            self._handles[0] = loop.call_later(YOUNG_EVERY, young)
+
+        def full() -> None:
+            self.maintain(loop.time(), idle=idle())
+            self._handles[1] = loop.call_later(MAINTAIN_EVERY, full)
+
+        self._handles = [loop.call_later(YOUNG_EVERY, young), loop.call_later(MAINTAIN_EVERY, full)]
+
+    def stop(self) -> None:
+        """The loop drives no more passes."""
+        for handle in self._handles:
+            handle.cancel()
+        self._handles = []
 
     def young(self) -> bool:
         """A young pass when due, its survivors frozen; True when one ran."""

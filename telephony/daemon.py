@@ -25,7 +25,7 @@ from telephony.call.b2bua import B2bua, Call
 from telephony.call.ports import MediaLeg
 from telephony.call.probe import Prober
 from telephony.call.transfer import Transfer
-from telephony.collector import YOUNG_EVERY, Collector
+from telephony.collector import Collector
 from telephony.config import Config
 from telephony.io.stack import SipStack, install_uvloop
 from telephony.media.dtmf import DigitDetector
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from telephony.media.conference import Conference  # imported when needed: MIXER_MODULE
 
 log = logging.getLogger("telephony.daemon")
-
-#: how often the collector's full pass is considered (telephony/collector.py), seconds
-MAINTAIN_EVERY = 60.0
 
 #: Imported after the daemon serves, in a worker thread (numpy and its tables take ~0.2 s
 #: here): only conferences need it, and the event loop keeps its turns while the thread runs.
@@ -140,8 +137,6 @@ class Daemon:
         self.config = config
         #: the process's collector policy (``main`` installs it; in-process tests have none)
         self.collector = collector
-        self._maintenance: asyncio.TimerHandle | None = None
-        self._young: asyncio.TimerHandle | None = None
         self.rules = load_rules(config.rules, trunks=tuple(config.trunks))
         sip = config.sip
         self.stack = SipStack(self._on_event, TimerConfig(sip.t1, sip.t2, sip.t4))
@@ -205,8 +200,7 @@ class Daemon:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         self._kick()
         if self.collector is not None:
-            self._maintenance = loop.call_later(MAINTAIN_EVERY, self._maintain)
-            self._young = loop.call_later(YOUNG_EVERY, self._collect_young)
+            self.collector.drive(loop, idle=lambda: self.core is None or not self.core.calls)
         self.ready = True
         self._preload = loop.run_in_executor(None, importlib.import_module, MIXER_MODULE)
         log.info(
@@ -239,28 +233,14 @@ class Daemon:
         self.ready = False
         if self._timer is not None:
             self._timer.cancel()
-        for handle in (self._maintenance, self._young):
-            if handle is not None:
-                handle.cancel()
+        if self.collector is not None:
+            self.collector.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.stack.close()
         await self.relay.wait_closed()
         await self.observer.stop()  # flushes to Redis, or to the spool within 5 s
         self._stopped.set()
-
-    def _maintain(self) -> None:
-        """Every MAINTAIN_EVERY: the collector's full pass when it is due (idle: no call up)."""
-        loop = asyncio.get_running_loop()
-        if self.collector is not None:
-            self.collector.maintain(loop.time(), idle=self.core is None or not self.core.calls)
-        self._maintenance = loop.call_later(MAINTAIN_EVERY, self._maintain)
-
-    def _collect_young(self) -> None:
-        """Every YOUNG_EVERY, between callbacks: the collector's young pass when it is due."""
-        if self.collector is not None:
-            self.collector.young()
-        self._young = asyncio.get_running_loop().call_later(YOUNG_EVERY, self._collect_young)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -477,8 +457,6 @@ def transfer_view(t: Transfer) -> dict[str, Any]:
 async def run(config: Config, collector: Collector | None = None) -> int:
     """Run until SIGTERM/SIGINT has drained the daemon."""
     daemon = Daemon(config, collector=collector)
-    if collector is not None:
-        collector.last_full = asyncio.get_running_loop().time()
     await daemon.start()
     daemon.install_signals()
     await daemon.serve_forever()
@@ -491,6 +469,6 @@ def main(config: Config) -> int:
     # The collector was off while modules were imported (handoffd_main); what they left is
     # frozen with the rest (no full pass at startup: ~0.1 s); then young passes only, survivors
     # frozen, a full pass when idle (telephony/collector.py).
-    collector = Collector(0.0)
+    collector = Collector()
     collector.install()
     return asyncio.run(run(config, collector))

@@ -3,6 +3,7 @@ transferred, leaves no reference cycles behind, so reference counting frees all 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.unit.test_b2bua import HANDOFFD, World
 def collector() -> Iterator[Collector]:
     """The policy installed in this test process, and automatic collection back afterwards."""
     enabled = gc.isenabled()
-    c = Collector(0.0)
+    c = Collector()
     c.install()
     try:
         yield c
@@ -99,3 +100,18 @@ def test_a_call_leaves_no_reference_cycles(tmp_path: Path, transfer: bool) -> No
     finally:
         if enabled:
             gc.enable()
+
+
+def test_drive_runs_the_young_pass_from_the_loop_until_stopped(collector: Collector) -> None:
+    async def scenario() -> tuple[int, int]:
+        collector.drive(asyncio.get_running_loop(), idle=lambda: False)
+        kept = [Node() for _ in range(2 * YOUNG)]
+        await asyncio.sleep(0.2)  # a few YOUNG_EVERY periods
+        ran = collector.young_passes
+        collector.stop()
+        kept += [Node() for _ in range(2 * YOUNG)]
+        await asyncio.sleep(0.2)
+        return ran, collector.young_passes
+
+    ran, after_stop = asyncio.run(scenario())
+    assert ran >= 1 and after_stop == ran
