@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
-HOST = "127.0.0.1"
+sys.path.insert(0, str(ROOT))
+from bench.cps_procs import HOST, free_tcp_port, free_udp_port  # noqa: E402
 
 FLOOR_APP = """
 import sys
@@ -50,12 +50,6 @@ async def ok(_r): return web.Response(text="ok")
 app = web.Application(); app.router.add_get("/healthz", ok)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def healthy(port: int) -> bool:
@@ -67,20 +61,20 @@ def healthy(port: int) -> bool:
 
 
 def one(case: str, empty_cache: Path, codes: dict[str, str]) -> float:
-    http = free_port(socket.SOCK_STREAM)
+    http = free_tcp_port()
     env = dict(os.environ)
     if case in codes:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [codes[case], env.get("PYTHONPATH")]))
     if case == "aiohttp floor":
         cmd = [str(BIN / "python"), "-c", FLOOR_APP, str(http)]
     else:
-        sip = free_port(socket.SOCK_DGRAM)
+        sip = free_udp_port()
         config = ROOT / "config" / "handoffd.yaml"
         if case in codes and (Path(codes[case]) / "config" / "handoffd.yaml").exists():
             config = Path(codes[case]) / "config" / "handoffd.yaml"  # that tree's own example
         cmd = [str(BIN / "handoffd"), "--config", str(config)]
         cmd += ["--sip-listen", f"{HOST}:{sip}", "--http-listen", f"{HOST}:{http}"]
-        cmd += ["--redis-url", f"redis://{HOST}:{free_port(socket.SOCK_STREAM)}/0"]
+        cmd += ["--redis-url", f"redis://{HOST}:{free_tcp_port()}/0"]
         env["HANDOFF_API_TOKENS"] = "bench-token"
         if case == "handoffd, no pyc":
             env["PYTHONPYCACHEPREFIX"] = str(empty_cache)
