@@ -36,10 +36,14 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+#: one decoder for every body (``json.loads`` with a hook builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(raw: bytes) -> Any:
     """Decode a JSON body strictly (UTF-8, no NaN/Infinity); raises ``ApiError(400)``."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         # ValueError covers JSONDecodeError and ints beyond the digit limit
         raise ApiError(400, "bad_json", "the request body is not valid JSON") from None

@@ -621,10 +621,23 @@ def make_request(
     ]
     if contact is not None:
         out.append(("Contact", str(contact)))
+    fixed = len(out)
     out.extend(headers)
     if body and content_type:
         out.append(("Content-Type", content_type))
-    return Request(method, uri, Headers(out), body)
+    request = Request(method, uri, Headers(out), body)
+    # the transaction layer reads the top Via (branch) of every request it sends: hand it the
+    # Via it was built from instead of parsing the text back, when parsing would give the same
+    # value (names already in the case the parser produces) and no other Via line was added
+    params = via.params
+    if (
+        via.transport.isupper()
+        and via.host == via.host.lower()
+        and all(k == k.lower() for k, _ in params)
+        and all(name.lower() != "via" for name, _ in out[fixed:])
+    ):
+        request.headers._cache["via"] = [via]
+    return request
 
 
 def make_cancel(invite: Request) -> Request:
