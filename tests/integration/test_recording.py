@@ -295,6 +295,31 @@ async def test_an_event_is_applied_once_even_submitted_twice_or_replayed_twice(
 
 
 @pytest.mark.asyncio
+async def test_a_redis_that_lost_its_scripts_gets_the_script_again_and_loses_nothing(
+    tmp_path: Path, server: RedisServer, r: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``SCRIPT FLUSH`` (what a restarted Redis looks like to the writer between its connect
+    and its next batch): the batch gets NOSCRIPT, the writer loads the script again and the
+    batch is applied once, without going to the spool."""
+    evs = timeline(Events())
+    rec = Recorder(config(tmp_path), redis_url=server.url, hash_key=KEY)
+    await rec.start()
+    rec.submit(evs[0])
+    await applied(r, 1)
+    await r.script_flush()
+    assert (await r.script_exists(rec._sha)) == [False]
+    for ev in evs[1:]:
+        rec.submit(ev)
+    await applied(r, len(evs))
+    await rec.stop(5)
+    assert rec.applied == len(evs) and rec.duplicates == 0
+    assert rec.spooled == 0 and rec.dropped == 0
+    assert [g["id"] for g in await stream(r)] == [ev.id for ev in evs]
+    # the batch was not taken for a Redis failure (which would spool it and back off)
+    assert not [m for m in caplog.messages if "unreachable" in m]
+
+
+@pytest.mark.asyncio
 async def test_redis_down_spools_without_blocking_then_replays_in_order(
     tmp_path: Path, server: RedisServer, r: Any
 ) -> None:
