@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -99,6 +100,21 @@ class RecordEvent:
     def fields(self) -> dict[str, Any]:
         """The non-empty fields, for serialisation (``None`` omitted)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """``text`` encoded for storage. Text can hold lone surrogates: a header byte that was not
+    UTF-8 (the SIP parser keeps it as a surrogate escape, so the message serializes back
+    unchanged) or a ``\\udXXX`` escape in a JSON body. Each becomes U+FFFD here, as a UTF-8
+    decoder would show a bad byte; anything else is unchanged. Storage must get valid UTF-8:
+    strict encoding would raise and stop the records writer and the spool."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
 
 
 class EventIds:

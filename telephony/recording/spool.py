@@ -34,7 +34,7 @@ from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import Any, Final
 
-from telephony.recording.events import KINDS, RecordEvent
+from telephony.recording.events import KINDS, RecordEvent, utf8
 
 FSYNC_POLICIES: Final = ("always", "batch", "never")
 #: ``batch`` policy: the longest time an appended event may stay without fsync
@@ -48,7 +48,7 @@ _FIRST_SEGMENT: Final = 1_000_000_000  # room below for segments put in front (p
 
 def encode(ev: RecordEvent) -> bytes:
     """One spool line for ``ev``."""
-    return json.dumps(ev.fields(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return utf8(json.dumps(ev.fields(), separators=(",", ":"), ensure_ascii=False)) + b"\n"
 
 
 def decode(line: bytes) -> RecordEvent | None:

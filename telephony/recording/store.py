@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from telephony.config import Config
-from telephony.recording.events import RecordEvent
+from telephony.recording.events import RecordEvent, utf8
 from telephony.recording.spool import BATCH_INTERVAL, Spool
 
 if TYPE_CHECKING:
@@ -417,9 +417,8 @@ class Recorder:
         through)."""
         client = self._client
         assert client is not None
-        batch = json.dumps(
-            [self.encode(ev) for ev in events], ensure_ascii=False, separators=(",", ":")
-        )
+        entries = [self.encode(ev) for ev in events]
+        batch = utf8(json.dumps(entries, ensure_ascii=False, separators=(",", ":")))
         for attempt in (1, 2):
             try:
                 done = await asyncio.wait_for(

@@ -319,6 +319,50 @@ async def test_a_redis_that_lost_its_scripts_gets_the_script_again_and_loses_not
     assert not [m for m in caplog.messages if "unreachable" in m]
 
 
+#: what the SIP parser makes of a header byte that is not UTF-8 (0xff, kept as a surrogate
+#: escape so the message serializes back unchanged), and a lone surrogate a JSON body can carry
+#: ("\\ud800" is valid JSON)
+NOT_UTF8 = b"urn:emergency:uid:callid:\xff:psap.example".decode("utf-8", "surrogateescape")
+LONE = "dispatcher \ud800 request"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "spooled-then-replayed"])
+async def test_text_that_is_not_valid_unicode_is_stored_replaced_and_blocks_nothing(
+    tmp_path: Path, server: RedisServer, r: Any, redis_up: bool
+) -> None:
+    """A CPE that sends a non-UTF-8 byte in Call-Info, or an API client a lone surrogate in
+    ``reason``, must not stop the records: the text is stored with U+FFFD where it was not
+    Unicode, and every event before and after it is applied once."""
+    e = Events()
+    bad = {"emergency_call_id": NOT_UTF8}
+    evs = [
+        e("call_offered", "c1", 0),
+        e("call_offered", "c2", 0, **bad),
+        e("cancelled", "c2", 10, reason=LONE, **bad, **transfer(e, "c2", "t2")),
+        e("call_ended", "c2", 20, **bad),
+        e("call_ended", "c1", 30),
+    ]
+    if not redis_up:
+        server.stop()
+    rec = Recorder(config(tmp_path), redis_url=server.url, hash_key=KEY)
+    await rec.start()
+    for ev in evs:
+        rec.submit(ev)
+    if not redis_up:
+        await until(lambda: rec.spooled == len(evs), 10, "all spooled")
+        server.start()
+    await applied(r, len(evs))
+    await rec.stop(5)
+    assert rec.applied == len(evs) and rec.dropped == 0 and rec.spooled == 0
+    got = await stream(r)
+    assert [g["id"] for g in got] == [ev.id for ev in evs]
+    assert got[1]["emergency_call_id"] == "urn:emergency:uid:callid:\ufffd:psap.example"
+    assert "\ufffd" in got[2]["reason"] and got[2]["reason"].startswith("dispatcher ")
+    call = await r.hgetall(f"{P}call:c2")
+    assert call["emergency_call_id"] == got[1]["emergency_call_id"] and "ended_ms" in call
+
+
 @pytest.mark.asyncio
 async def test_redis_down_spools_without_blocking_then_replays_in_order(
     tmp_path: Path, server: RedisServer, r: Any
