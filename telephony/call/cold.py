@@ -21,7 +21,7 @@ from telephony.routing.model import (
     language_from_accept_language,
 )
 from telephony.sip.errors import SipError
-from telephony.sip.headers import new_tag
+from telephony.sip.headers import new_tag, valid_text
 from telephony.sip.message import Request
 
 if TYPE_CHECKING:
@@ -326,7 +326,8 @@ class ColdTransfers:
                 "NOTIFY",
                 self.core._via(leg.dest.transport),
                 headers=(("Event", "refer"), ("Subscription-State", state)),
-                body=f"SIP/2.0 {status} {reason}\r\n".encode(),
+                # the reason phrase may be a destination's, with bytes that are not UTF-8
+                body=f"SIP/2.0 {status} {valid_text(reason)}\r\n".encode(),
                 content_type="message/sipfrag;version=2.0",
             )
         except SipError:

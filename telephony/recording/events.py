@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import socket
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from telephony.sip.headers import valid_text
 
 if TYPE_CHECKING:
     from telephony.call.b2bua import Call
@@ -102,19 +103,14 @@ class RecordEvent:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
 def utf8(text: str) -> bytes:
-    """``text`` encoded for storage. Text can hold lone surrogates: a header byte that was not
-    UTF-8 (the SIP parser keeps it as a surrogate escape, so the message serializes back
-    unchanged) or a ``\\udXXX`` escape in a JSON body. Each becomes U+FFFD here, as a UTF-8
-    decoder would show a bad byte; anything else is unchanged. Storage must get valid UTF-8:
-    strict encoding would raise and stop the records writer and the spool."""
+    """``text`` encoded for storage, each lone surrogate as U+FFFD (see
+    :func:`~telephony.sip.headers.valid_text`): the records writer and the spool must write
+    valid UTF-8, and strict encoding would raise and stop them."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+        return valid_text(text).encode("utf-8")
 
 
 class EventIds:

@@ -111,6 +111,17 @@ _CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
 BRANCH_COOKIE = "z9hG4bK"
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD. Text from the wire can hold them:
+    the parser keeps a byte that is not UTF-8 as a surrogate escape (so a relayed message goes
+    out byte for byte), and a JSON body may carry an escaped one. Use this where the text is
+    written anew as UTF-8 (a NOTIFY's sipfrag, the records): strict encoding would raise."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def canonical(name: str) -> str:
     """Lower-case long form of a header name (compact forms expanded)."""
     low = name.lower()

@@ -60,7 +60,7 @@ class Net:
                 for tx in node.layer.transmits():
                     moved = True
                     target = self.nodes.get((tx.dest.host, tx.dest.port))
-                    first = tx.data.split(b"\r\n", 1)[0].decode()
+                    first = tx.data.split(b"\r\n", 1)[0].decode("utf-8", "replace")
                     self.log.append(
                         (self.now, f"{node.name}->{target.name if target else '?'}", first)
                     )
@@ -225,6 +225,7 @@ class Peer(Node):
         super().__init__(net, name, port)
         self.mode = mode
         self.answer_after = 0.5
+        self.reject_reason: str | None = None  # reason phrase of the rejection (mode: a status)
         self.invites: list[Request] = []
         self.requests: list[Request] = []
         self.responses: list[Response] = []
@@ -273,7 +274,8 @@ class Peer(Node):
         if req.method == "INVITE" and not req.to.tag:
             self.invites.append(req)
             if isinstance(self.mode, int):
-                self.layer.send_response(make_response(req, self.mode, to_tag=new_tag()), now)
+                reject = make_response(req, self.mode, self.reject_reason, to_tag=new_tag())
+                self.layer.send_response(reject, now)
                 return
             tag = "ring" if self.mode == "ring" else new_tag()
             ringing = make_response(req, 180, to_tag=tag, headers=(("Contact", str(self.contact)),))

@@ -194,6 +194,23 @@ def test_refer_to_a_number_no_rule_names_gets_notify_403_and_caller_stays(tmp_pa
     assert call.state == "connected" and call.transfer is None
 
 
+def test_a_988_reason_phrase_that_is_not_utf8_still_returns_the_caller(tmp_path: Path) -> None:
+    """The last destination rejects with a reason phrase holding a byte that is not UTF-8: the
+    dispatcher still gets the final NOTIFY (the byte shown as U+FFFD) and the caller goes back
+    to the dispatcher."""
+    w = World(tmp_path, primary=503, backup=486)
+    w.backup.reject_reason = b"Busy \xff Here".decode("utf-8", "surrogateescape")
+    w.connect()
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1:5060>"),))
+    w.net.advance(3.0)
+    assert w.backup.invites  # the chain was tried to its end
+    frags = [r.body.decode("utf-8").strip() for r in w.disp1.requests if r.method == "NOTIFY"]
+    assert frags[-1] == "SIP/2.0 486 Busy \ufffd Here", frags
+    assert w.bridged_to(w.disp1)
+    call = next(iter(w.core.calls.values()))
+    assert call.state == "connected"
+
+
 def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
     w = World(tmp_path)
     call_id = w.connect()
@@ -243,6 +260,18 @@ def test_invite_to_transfer_number_answers_cpe_with_last_failure(tmp_path: Path)
     w.net.advance(1.0)
     final = [r for r in w.caller.responses if r.status >= 200][-1]
     assert final.status == 486
+    assert "cause=486" in (final.headers.get("reason") or "")
+
+
+def test_a_last_failure_with_a_reason_that_is_not_utf8_still_answers_the_cpe(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path, primary=503, backup=486)
+    w.backup.reject_reason = b"Busy \xff Here".decode("utf-8", "surrogateescape")
+    w.caller.call(HANDOFFD, "988", CALLER_HEADERS)
+    w.net.advance(1.0)
+    final = [r for r in w.caller.responses if r.status >= 200][-1]
+    assert final.status == 486 and not w.core.calls
     assert "cause=486" in (final.headers.get("reason") or "")
 
 
