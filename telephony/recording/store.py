@@ -207,7 +207,9 @@ HASHED: Final = "hmac-sha256:"
 
 def caller_hash(number: str, key: bytes) -> str:
     """The keyed hash stored instead of a caller number: HMAC-SHA256, hex."""
-    return hmac.new(key, number.encode(), hashlib.sha256).hexdigest()
+    # surrogatepass: a number from a header with bytes that are not UTF-8 (surrogate escapes)
+    # hashes too, always the same way; valid text encodes exactly as plain UTF-8
+    return hmac.new(key, number.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 class Recorder:

@@ -324,6 +324,7 @@ async def test_a_redis_that_lost_its_scripts_gets_the_script_again_and_loses_not
 #: ("\\ud800" is valid JSON)
 NOT_UTF8 = b"urn:emergency:uid:callid:\xff:psap.example".decode("utf-8", "surrogateescape")
 LONE = "dispatcher \ud800 request"
+NUMBER_NOT_UTF8 = b"+1805555\xfe123".decode("utf-8", "surrogateescape")
 
 
 @pytest.mark.asyncio
@@ -335,7 +336,7 @@ async def test_text_that_is_not_valid_unicode_is_stored_replaced_and_blocks_noth
     ``reason``, must not stop the records: the text is stored with U+FFFD where it was not
     Unicode, and every event before and after it is applied once."""
     e = Events()
-    bad = {"emergency_call_id": NOT_UTF8}
+    bad = {"emergency_call_id": NOT_UTF8, "caller_number": NUMBER_NOT_UTF8}
     evs = [
         e("call_offered", "c1", 0),
         e("call_offered", "c2", 0, **bad),
@@ -361,6 +362,9 @@ async def test_text_that_is_not_valid_unicode_is_stored_replaced_and_blocks_noth
     assert "\ufffd" in got[2]["reason"] and got[2]["reason"].startswith("dispatcher ")
     call = await r.hgetall(f"{P}call:c2")
     assert call["emergency_call_id"] == got[1]["emergency_call_id"] and "ended_ms" in call
+    # the caller number is hashed, never stored, whatever its bytes; the same hash every time
+    hashes = {g["caller_hash"] for g in got[1:4]}
+    assert len(hashes) == 1 and "caller_number" not in call and "\ufffd" not in hashes.pop()
 
 
 @pytest.mark.asyncio
