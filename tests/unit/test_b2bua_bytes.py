@@ -1,0 +1,45 @@
+"""Any bytes a peer may put in a header value or a reason phrase: the call is connected, its
+transfer runs to its end, and a failed transfer returns the caller to the dispatcher (house
+rule: a 911 caller is never left on a dead leg). Header text keeps bytes that are not UTF-8 as
+surrogate escapes, so every place that writes such text anew must cope with them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_b2bua import HANDOFFD, World
+
+#: a header value's bytes: anything but the line breaks and NUL that end or break the line
+value = (
+    st.binary(min_size=1, max_size=40)
+    .filter(lambda b: not any(c in b for c in b"\r\n\x00") and b.strip() == b)
+    .map(lambda b: b.decode("utf-8", "surrogateescape"))
+)
+NAMES = ("P-Asserted-Identity", "Call-Info", "User-to-User", "Subject", "X-Incident-Priority")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers=st.lists(st.tuples(st.sampled_from(NAMES), value), max_size=5), reason=value)
+def test_odd_bytes_in_headers_and_reasons_never_strand_the_caller(
+    headers: list[tuple[str, str]], reason: str
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp), primary=503, backup=486)
+        w.backup.reject_reason = reason
+        w.caller.call(HANDOFFD, "disp-1", tuple(headers))
+        w.net.advance(1.0)
+        assert w.caller.statuses()[-1] == 200  # a 911 call is connected whatever it carries
+        w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1>"),))
+        w.net.advance(3.0)
+        assert w.primary.invites and w.backup.invites
+        notifies = [r for r in w.disp1.requests if r.method == "NOTIFY"]
+        assert notifies and notifies[-1].body.startswith(b"SIP/2.0 486 ")
+        assert "terminated" in (notifies[-1].headers.get("subscription-state") or "")
+        assert w.bridged_to(w.disp1)
+        w.caller.in_dialog("BYE", HANDOFFD)
+        w.net.advance(1.0)
+        assert not w.core.calls and w.media.open_count == 0
