@@ -45,7 +45,7 @@ from telephony.call.warm import WarmTransfers
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
 from telephony.sip.errors import SipError
-from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
+from telephony.sip.headers import NameAddr, Via, new_branch, new_tag, valid_text
 from telephony.sip.message import Request, Response, make_request, make_response, reason_phrase
 from telephony.sip.sdp import SessionDescription
 from telephony.sip.transaction import (
@@ -182,6 +182,24 @@ class B2bua:
                 self._client_failed(ev.key, ev.request, 503)
         except SipError as err:
             log.warning("call layer: %s (%d, %s side)", err.reason, err.status, err.side)
+            if isinstance(ev, RequestReceived):
+                self._refuse(ev.request, err)
+
+    def _refuse(self, req: Request, err: SipError) -> None:
+        """Answer a request whose handling raised ``err`` before anything answered it (a
+        Refer-To that does not parse, say): its status for the peer's faults, else 500. Not an
+        ACK (never answered) nor a new INVITE (its handler answers each refusal itself, and a
+        call it began to set up is not to be answered from here)."""
+        try:
+            if req.method == "ACK" or (req.method == "INVITE" and req.to.tag is None):
+                return
+            status = err.status if err.side == "peer" and 400 <= err.status <= 699 else 500
+            text = "".join(
+                c if c.isprintable() and c not in '"\\' else "?" for c in valid_text(err.reason)
+            )
+            self._respond(req, status, headers=(("Warning", f'399 handoffd "{text}"'),))
+        except SipError:
+            pass  # answered already (the error came later), or the To header does not parse
 
     def _on_cancel(self, invite_key: TransactionKey) -> None:
         leg = self._server_invites.get(invite_key)

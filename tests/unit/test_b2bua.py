@@ -211,6 +211,19 @@ def test_a_988_reason_phrase_that_is_not_utf8_still_returns_the_caller(tmp_path:
     assert call.state == "connected"
 
 
+def test_a_refer_to_that_does_not_parse_gets_400_at_once(tmp_path: Path) -> None:
+    """Not silence until the phone's Timer F: the REFER is answered 400 with a Warning, nothing
+    is dialled and the caller stays with the dispatcher."""
+    w = World(tmp_path)
+    w.connect()
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1"),))
+    w.net.advance(0.1)
+    assert w.disp1.statuses("REFER") == [400]
+    refusal = w.disp1.responses[-1]
+    assert (refusal.headers.get("warning") or "").startswith('399 handoffd "')
+    assert not w.primary.invites and w.bridged_to(w.disp1)
+
+
 def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
     w = World(tmp_path)
     call_id = w.connect()

@@ -43,3 +43,34 @@ def test_odd_bytes_in_headers_and_reasons_never_strand_the_caller(
         w.caller.in_dialog("BYE", HANDOFFD)
         w.net.advance(1.0)
         assert not w.core.calls and w.media.open_count == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    target=st.one_of(
+        value,
+        value.map(lambda v: f"<sip:{v}@127.0.0.1>"),
+        value.map(lambda v: f"<sip:988@127.0.0.1?{v}>"),
+    )
+)
+def test_any_refer_to_is_answered_and_leaves_the_caller_with_the_dispatcher(target: str) -> None:
+    """Refer-To is the dispatcher phone's text: a target no rule allows, one that does not
+    parse, or odd bytes in its embedded headers get an answer (202 and a final NOTIFY, or a
+    4xx); the caller stays with the dispatcher whenever no transfer started."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp), primary=486, backup=486)
+        w.caller.call(HANDOFFD, "disp-1")
+        w.net.advance(1.0)
+        w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", target),))
+        w.net.advance(3.0)
+        status = w.disp1.statuses("REFER")
+        assert len(status) == 1 and (status[0] == 202 or 400 <= status[0] < 500), status
+        if status[0] == 202:
+            notifies = [r for r in w.disp1.requests if r.method == "NOTIFY"]
+            assert notifies and "terminated" in (
+                notifies[-1].headers.get("subscription-state") or ""
+            )
+            assert not notifies[-1].body.startswith(b"SIP/2.0 200 ")  # both 988s are busy
+        assert w.bridged_to(w.disp1)
+        call = next(iter(w.core.calls.values()))
+        assert call.state == "connected"
