@@ -74,3 +74,45 @@ def test_any_refer_to_is_answered_and_leaves_the_caller_with_the_dispatcher(targ
         assert w.bridged_to(w.disp1)
         call = next(iter(w.core.calls.values()))
         assert call.state == "connected"
+
+
+METHODS = ("INVITE", "INFO", "UPDATE", "MESSAGE", "NOTIFY", "OPTIONS", "PRACK", "SUBSCRIBE")
+body_bytes = st.binary(max_size=200)
+content_types = st.sampled_from(
+    ("application/sdp", "application/dtmf-relay", "text/plain", "multipart/mixed;boundary=x")
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    side=st.sampled_from(("caller", "disp1")),
+    method=st.sampled_from(METHODS),
+    headers=st.lists(st.tuples(st.sampled_from(NAMES), value), max_size=3),
+    body=body_bytes,
+    content_type=content_types,
+)
+def test_every_in_dialog_request_is_answered_and_the_call_goes_on(
+    side: str, method: str, headers: list[tuple[str, str]], body: bytes, content_type: str
+) -> None:
+    """Whatever in-dialog request either party sends, with whatever body: it gets a final
+    answer at once (not silence until the sender's Timer F), the call stays up, and both
+    hang-ups still end it cleanly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.caller.call(HANDOFFD, "disp-1")
+        w.net.advance(1.0)
+        peer = w.caller if side == "caller" else w.disp1
+        req = peer.in_dialog(
+            method,
+            HANDOFFD,
+            headers=tuple(headers),
+            body=body,
+            content_type=content_type if body else None,
+        )
+        w.net.advance(1.0)
+        answers = [r.status for r in peer.responses if r.cseq == req.cseq]
+        assert len([s for s in answers if s >= 200]) == 1, answers
+        assert len(w.core.calls) == 1 and w.bridged_to(w.disp1)
+        w.caller.in_dialog("BYE", HANDOFFD)
+        w.net.advance(1.0)
+        assert not w.core.calls and w.media.open_count == 0
