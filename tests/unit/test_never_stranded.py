@@ -1,0 +1,175 @@
+"""House rule under random play: a 911 caller is never left on a dead leg.
+
+A hypothesis state machine drives one call through the call layer (in-memory network, fake
+clock, real transaction layers on every node) with any sequence of what the people and the
+systems around it can do: transfers by the API in every mode, by the dispatcher's REFER and by
+feature codes on the dispatcher's keypad, cancel / complete / conference, anyone hanging up,
+the 988 destinations answering, ringing forever or refusing, and time passing. Whenever
+everything has settled (every timer that the last step started has run out), the caller is
+either gone (and the call over, every media port closed) or hears a party that is still
+there: bridged to a confirmed leg, mixed with one, or on consult hold while the dispatcher or
+the counselor is still on the line. (A mutant that skips putting the caller back with the
+dispatcher after a cancelled warm transfer is caught in a few seconds.)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from telephony.call.b2bua import Call
+from telephony.call.legs import Leg, LegState
+from telephony.sip.errors import SipError
+from tests.unit.callnet import Peer
+from tests.unit.test_b2bua import HANDOFFD, World
+
+DESTINATION = st.sampled_from(("answer", "ring", 486, 503))
+#: long enough for every ring timeout, the recall of a position and the 32 s transaction waits
+SETTLE_S = 40.0
+
+
+class OneCall(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self._tmp = tempfile.TemporaryDirectory()
+        self.w: World | None = None
+        self.call_id = ""
+
+    @initialize(primary=DESTINATION, backup=DESTINATION)
+    def connect(self, primary: str | int, backup: str | int) -> None:
+        self.w = World(Path(self._tmp.name), primary=primary, backup=backup)
+        self.call_id = self.w.connect()
+
+    def teardown(self) -> None:
+        self._tmp.cleanup()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def world(self) -> World:
+        assert self.w is not None
+        return self.w
+
+    def _call(self) -> Call | None:
+        return self.world.core.calls.get(self.call_id)
+
+    def _transfer_id(self) -> str | None:
+        call = self._call()
+        return call.transfer.id if call is not None and call.transfer is not None else None
+
+    def _api(self, fn: object, *args: object, **kw: object) -> None:
+        try:
+            fn(*args, now=self.world.net.now, **kw)  # type: ignore[operator]
+        except SipError as err:  # refused (404/409/403): a JSON error, nothing changes
+            assert 400 <= err.status < 500, err
+        self.world.net.advance(0.01)
+
+    # -- what can happen --------------------------------------------------------------------
+
+    @rule(mode=st.sampled_from(("cold", "warm", "consult")))
+    def api_transfer(self, mode: str) -> None:
+        self._api(self.world.core.cold.start_transfer, self.call_id, mode=mode)
+
+    @rule()
+    def api_cancel(self) -> None:
+        tid = self._transfer_id()
+        if tid is not None:
+            self._api(self.world.core.cold.cancel_transfer, tid)
+
+    @rule()
+    def api_complete(self) -> None:
+        tid = self._transfer_id()
+        if tid is not None:
+            self._api(self.world.core.warm.complete, tid)
+
+    @rule()
+    def api_conference(self) -> None:
+        tid = self._transfer_id()
+        if tid is not None:
+            self._api(self.world.core.warm.conference, tid)
+
+    @rule(keys=st.sampled_from(("*8", "*7", "*9", "*0", "#", "*", "8")))
+    def dispatcher_presses(self, keys: str) -> None:
+        """Feature codes on the dispatcher's keypad (RFC 4733 events: ``on_key`` per key)."""
+        for i, key in enumerate(keys):
+            self.world.core.on_key(self.call_id, key, self.world.net.now + 0.1 * i)
+        self.world.net.advance(0.01 + 0.1 * len(keys))
+
+    @rule()
+    def dispatcher_refers(self) -> None:
+        self._in_dialog(self.world.disp1, "REFER", (("Refer-To", "<sip:988@127.0.0.1>"),))
+
+    @rule(who=st.sampled_from(("caller", "disp1", "primary", "backup")))
+    def hangs_up(self, who: str) -> None:
+        self._in_dialog(getattr(self.world, who), "BYE")
+
+    @rule(seconds=st.sampled_from((0.2, 1.0, 4.0, 16.0)))
+    def time_passes(self, seconds: float) -> None:
+        self.world.net.advance(seconds)
+
+    def _in_dialog(
+        self, peer: Peer, method: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        if peer.dialog is None:
+            return
+        try:
+            peer.in_dialog(method, HANDOFFD, headers=headers)
+        except SipError:  # that peer's dialog is over already
+            return
+        self.world.net.advance(0.01)
+
+    # -- what must hold -----------------------------------------------------------------------
+
+    @invariant()
+    def settled_the_caller_hears_someone_or_the_call_is_over(self) -> None:
+        if self.w is None:
+            return
+        w = self.world
+        saved = w.net.now
+        w.net.advance(SETTLE_S)  # let every timer of the last step run out (time only grows)
+        call = self._call()
+        if call is None:
+            assert w.media.open_count == 0, "call over but media ports left open"
+            assert not w.core.calls
+            return
+        caller = call.caller
+        assert caller.alive, "the call outlived its caller"
+        assert caller.state is LegState.CONFIRMED
+        assert self._heard(call, caller), _describe(call, w)
+        assert w.net.now >= saved
+
+    def _heard(self, call: Call, caller: Leg) -> bool:
+        media = self.world.media
+        others = [leg for leg in call.legs if leg is not caller and leg.state is LegState.CONFIRMED]
+        handles = {id(leg.media) for leg in others}
+        partner = media.partner(caller.media)  # type: ignore[arg-type]
+        if partner is not None and id(partner) in handles:
+            return True
+        mixed = {id(h) for h in media.mixed(call.id)}
+        if id(caller.media) in mixed:
+            if media.held.get(call.id) is caller.media:
+                return bool(others)  # on consult hold: someone is still working the call
+            return bool(mixed & handles)
+        return False
+
+
+def _describe(call: Call, w: World) -> str:
+    legs = ", ".join(f"{leg.role}:{leg.state.value}" for leg in call.legs)
+    t = call.transfer
+    return (
+        f"caller stranded: call {call.state}, transfer "
+        f"{t.mode + ' ' + t.state.value if t is not None else 'none'}, legs [{legs}]"
+    )
+
+
+OneCall.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_a_caller_is_never_left_alone = OneCall.TestCase
