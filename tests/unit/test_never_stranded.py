@@ -3,7 +3,9 @@
 A hypothesis state machine drives one call through the call layer (in-memory network, fake
 clock, real transaction layers on every node) with any sequence of what the people and the
 systems around it can do: transfers by the API in every mode, by the dispatcher's REFER and by
-feature codes on the dispatcher's keypad, cancel / complete / conference, anyone hanging up,
+feature codes on the dispatcher's keypad, an attended transfer from the phone itself (its own
+call to 988, then REFER with Replaces on either dialog, or hanging that call up), cancel /
+complete / conference, anyone hanging up,
 the 988 destinations answering, ringing forever or refusing, and time passing. Whenever
 everything has settled (every timer that the last step started has run out), the caller is
 either gone (and the call over, every media port closed) or hears a party that is still
@@ -16,18 +18,21 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from telephony.call.b2bua import Call
 from telephony.call.legs import Leg, LegState
+from telephony.sip.dialog import Dialog
 from telephony.sip.errors import SipError
-from tests.unit.callnet import Peer
+from tests.unit.callnet import MediaHandle, Peer
 from tests.unit.test_b2bua import HANDOFFD, World
 
-DESTINATION = st.sampled_from(("answer", "ring", 486, 503))
+#: a 988 destination's behaviour; answering weighs half, so consults and conferences come up
+DESTINATION = st.sampled_from(("answer", "answer", "answer", "ring", 486, 503))
 #: long enough for every ring timeout, the recall of a position and the 32 s transaction waits
 SETTLE_S = 40.0
 
@@ -38,6 +43,7 @@ class OneCall(RuleBasedStateMachine):
         self._tmp = tempfile.TemporaryDirectory()
         self.w: World | None = None
         self.call_id = ""
+        self.consult: Dialog | None = None  # the dispatcher phone's own call to 988
 
     @initialize(primary=DESTINATION, backup=DESTINATION)
     def connect(self, primary: str | int, backup: str | int) -> None:
@@ -103,6 +109,62 @@ class OneCall(RuleBasedStateMachine):
     def dispatcher_refers(self) -> None:
         self._in_dialog(self.world.disp1, "REFER", (("Refer-To", "<sip:988@127.0.0.1>"),))
 
+    @rule()
+    def phone_calls_988_to_consult(self) -> None:
+        """The dispatcher's phone holds nothing back: it simply places its own call to 988
+        through us while on the 911 call (the start of an attended transfer)."""
+        w = self.world
+        if self.consult is not None or w.disp1.dialog is None:
+            return
+        call_dialog = w.disp1.dialog
+        w.disp1.dialog = None
+        invite = w.disp1.call(HANDOFFD, "988")
+        for _ in range(80):  # until answered or refused (the test phone holds one dialog)
+            w.net.advance(0.5)
+            if _dialog(w.disp1) is not None or any(
+                r.cseq == invite.cseq and r.call_id == invite.call_id and r.status >= 300
+                for r in w.disp1.responses
+            ):
+                break
+        self.consult = _dialog(w.disp1)
+        w.disp1.dialog = call_dialog
+        if self.consult is not None:
+            event("the phone's consult call is up")
+
+    @rule(on_consult=st.booleans())
+    def phone_transfers_with_replaces(self, on_consult: bool) -> None:
+        """The phone's transfer button: REFER with Replaces naming the other of its dialogs."""
+        w = self.world
+        a, b = w.disp1.dialog, self.consult
+        if a is None or b is None:
+            return
+        via, named = (b, a) if on_consult else (a, b)
+        replaces = quote(
+            f"{named.call_id};to-tag={named.remote_tag};from-tag={named.local_tag}", safe=""
+        )
+        event("the phone sent REFER with Replaces")
+        w.disp1.dialog = via
+        self._in_dialog(
+            w.disp1, "REFER", (("Refer-To", f"<sip:988@127.0.0.1?Replaces={replaces}>"),)
+        )
+        w.disp1.dialog = a
+
+    @rule(on_consult=st.booleans())
+    def phone_does_a_whole_attended_transfer(self, on_consult: bool) -> None:
+        """The two steps above back to back (a dispatcher who does not linger), so that the
+        REFER with Replaces comes up often enough."""
+        self.phone_calls_988_to_consult()
+        self.phone_transfers_with_replaces(on_consult)
+
+    @rule()
+    def phone_hangs_up_the_consult_call(self) -> None:
+        w = self.world
+        if self.consult is None:
+            return
+        a, w.disp1.dialog = w.disp1.dialog, self.consult
+        self._in_dialog(w.disp1, "BYE")
+        w.disp1.dialog, self.consult = a, None
+
     @rule(who=st.sampled_from(("caller", "disp1", "primary", "backup")))
     def hangs_up(self, who: str) -> None:
         self._in_dialog(getattr(self.world, who), "BYE")
@@ -133,8 +195,9 @@ class OneCall(RuleBasedStateMachine):
         w.net.advance(SETTLE_S)  # let every timer of the last step run out (time only grows)
         call = self._call()
         if call is None:
-            assert w.media.open_count == 0, "call over but media ports left open"
-            assert not w.core.calls
+            ended = w.core.ended[self.call_id]
+            handles: list[MediaHandle] = [leg.media for leg in ended.legs]  # type: ignore[misc]
+            assert all(h.closed for h in handles), "call over, media ports still open"
             return
         caller = call.caller
         assert caller.alive, "the call outlived its caller"
@@ -155,6 +218,11 @@ class OneCall(RuleBasedStateMachine):
                 return bool(others)  # on consult hold: someone is still working the call
             return bool(mixed & handles)
         return False
+
+
+def _dialog(peer: Peer) -> Dialog | None:
+    """The test phone's current dialog (a function: the rules swap it around)."""
+    return peer.dialog
 
 
 def _describe(call: Call, w: World) -> str:
