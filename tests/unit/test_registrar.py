@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telephony.call.b2bua import B2bua
 from telephony.call.registrar import (
@@ -50,7 +52,7 @@ from telephony.config import (
 from telephony.routing import load_rules
 from telephony.sip.auth import DigestClient, choose_challenge, parse_challenge
 from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
-from telephony.sip.message import Request, Response, make_request
+from telephony.sip.message import Request, Response, make_request, make_response
 from telephony.sip.transaction import Endpoint, Event, ResponseReceived
 from telephony.sip.uri import parse_uri
 from tests.e2e.harness import Ports, write_setup
@@ -887,3 +889,43 @@ def test_every_registrar_key_is_documented_and_in_the_example() -> None:
     assert "`positions.NAME.auth`" in docs
     cfg = load_config(ROOT / "config" / "handoffd.yaml", env={})
     assert cfg.registrar == RegistrarConfig()  # the example shows the defaults
+
+
+_odd = (
+    st.binary(min_size=1, max_size=60)
+    .filter(lambda b: not any(c in b for c in b"\r\n\x00") and b.strip() == b)
+    .map(lambda b: b.decode("utf-8", "surrogateescape"))
+)
+_contact = st.one_of(
+    _odd,
+    _odd.map(lambda v: f"<sip:{v}@127.0.0.1:5080>"),
+    _odd.map(lambda v: f"<sip:disp-3@127.0.0.1:5080>;expires={v}"),
+    st.just("*"),
+)
+_auth = st.one_of(
+    _odd,
+    _odd.map(lambda v: f'Digest username="disp-3", realm="{v}", nonce="{v}", response="{v}"'),
+    _odd.map(lambda v: f"Digest {v}"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    aor=st.sampled_from(("disp-1", "disp-3", "disp-4", "nobody")),
+    contacts=st.lists(_contact, max_size=3),
+    expires=st.one_of(st.none(), _odd, st.integers(-5, 10**12).map(str)),
+    auth=st.one_of(st.none(), _auth),
+)
+def test_any_register_gets_one_answer_that_can_be_sent(
+    aor: str, contacts: list[str], expires: str | None, auth: str | None
+) -> None:
+    """Whatever a phone (or a scanner) puts in a REGISTER: the registrar answers with a status
+    and headers that make a valid response, and binds nothing without credentials."""
+    reg = machine()
+    headers = (("Authorization", auth),) if auth is not None else ()
+    req = request(aor=aor, contacts=tuple(contacts), expires=expires, headers=headers)
+    reply = reg.register(req, PHONE, NOW)
+    assert 200 <= reply.status <= 699
+    response = make_response(req, reply.status, to_tag="t", headers=reply.headers)
+    assert response.to_bytes().startswith(b"SIP/2.0 %d " % reply.status)
+    assert not changed(reg)  # no binding without a valid password
