@@ -24,9 +24,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from telephony.daemon import Daemon
+from telephony.io.stack import SipStack
+from telephony.sip.transaction import Endpoint, TimerConfig
 from tests.e2e.harness import Ports, write_setup
 from tests.peers.redis import RedisServer
 from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
+from tests.peers.ua import MiniUac
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 DATA = SCENARIOS / "data"
@@ -299,3 +302,57 @@ async def test_kill_9_with_events_in_the_spool_then_restart_replays_them_and_log
     for secret in PHI:
         assert secret not in logged, f"{secret!r} in the daemon's log"
     assert os.path.getsize(log) > 0
+
+
+async def test_a_header_byte_that_is_not_utf8_reaches_redis_replaced_and_blocks_nothing(
+    tmp_path: Path,
+    daemon: Daemon,
+    ports: Ports,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CPE whose Call-Info carries a byte that is not UTF-8 (0xff): the call goes through,
+    its events reach Redis with U+FFFD in place of the byte, and the next call's events
+    follow (before the fix the writer retried that batch forever)."""
+    disp = await _uas(tmp_path, "uas-basic-call", ports.disp1, "-m", "2")
+    await asyncio.sleep(0.3)
+    stack = SipStack(lambda ev: None, TimerConfig())
+    local = await stack.listen("udp", "127.0.0.1", 0)
+    uac = MiniUac(stack, local)
+    stack.handler = uac.handle
+    odd = b"<urn:emergency:uid:callid:\xff1:psap.example>;purpose=emergency-CallId"
+    plain = "<urn:emergency:uid:callid:plain2:psap.example>;purpose=emergency-CallId"
+    sip = Endpoint("udp", "127.0.0.1", ports.sip)
+    try:
+        first = await uac.call(
+            sip, "disp-1", 0.2, (("Call-Info", odd.decode("utf-8", "surrogateescape")),)
+        )
+        second = await uac.call(sip, "disp-1", 0.2, (("Call-Info", plain),))
+    finally:
+        await stack.close()
+    got = (first.invite_status, first.bye_status, second.invite_status, second.bye_status)
+    assert got == (200,) * 4
+    _ok(await disp.wait(20), "dispatcher")
+    r: Any = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+
+        async def both_ended() -> bool:
+            entries = [f for _, f in await r.xrange(f"{P}events")]
+            return sum(1 for f in entries if f["kind"] == "call_ended") == 2
+
+        await _until(both_ended, 10, "both calls' events in Redis")
+        ids = {
+            f["emergency_call_id"]
+            for _, f in await r.xrange(f"{P}events")
+            if f["kind"] == "call_offered"
+        }
+        assert ids == {
+            "urn:emergency:uid:callid:\ufffd1:psap.example",
+            "urn:emergency:uid:callid:plain2:psap.example",
+        }
+    finally:
+        await r.aclose()
+    assert daemon.observer.recorder.spooled == 0 and daemon.observer.recorder.up
+    # straight to Redis: the writer never failed on the batch (nor went the spool's way)
+    failures = [r.getMessage() for r in caplog.records if r.name == "telephony.records"]
+    assert not [m for m in failures if "unreachable" in m or "unexpected" in m], failures

@@ -173,7 +173,13 @@ class MiniUac:
         self._finals[key] = fut
         return await fut
 
-    async def call(self, dest: Endpoint, user: str = "988", hold: float = 0.05) -> CallResult:
+    async def call(
+        self,
+        dest: Endpoint,
+        user: str = "988",
+        hold: float = 0.05,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> CallResult:
         n = next(self._ids)
         target = parse_uri(f"sip:{user}@{dest.host}:{dest.port}")
         me = parse_uri(f"sip:dispatcher@{self.local.host}:{self.local.port}")
@@ -188,6 +194,7 @@ class MiniUac:
             call_id=call_id,
             cseq=1,
             contact=NameAddr(me),
+            headers=headers,
             body=SDP,
             content_type="application/sdp",
         )
