@@ -5,13 +5,13 @@ clock, real transaction layers on every node) with any sequence of what the peop
 systems around it can do: transfers by the API in every mode, by the dispatcher's REFER and by
 feature codes on the dispatcher's keypad, an attended transfer from the phone itself (its own
 call to 988, then REFER with Replaces on either dialog, or hanging that call up), cancel /
-complete / conference, anyone hanging up,
-the 988 destinations answering, ringing forever or refusing, and time passing. Whenever
-everything has settled (every timer that the last step started has run out), the caller is
-either gone (and the call over, every media port closed) or hears a party that is still
-there: bridged to a confirmed leg, mixed with one, or on consult hold while the dispatcher or
-the counselor is still on the line. (A mutant that skips putting the caller back with the
-dispatcher after a cancelled warm transfer is caught in a few seconds.)
+complete / conference, in-dialog requests from any party (re-INVITEs to hold or resume, with
+any body), anyone hanging up, the 988 destinations answering, ringing forever or refusing, and
+time passing. Whenever everything has settled (every timer that the last step started has run
+out), the caller is either gone (and the call over, every media port closed) or hears a party
+that is still there: bridged to a confirmed leg, mixed with one, or on consult hold while the
+dispatcher or the counselor is still on the line. (A mutant that skips putting the caller back
+with the dispatcher after a cancelled warm transfer is caught in a few seconds.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from telephony.call.b2bua import Call
 from telephony.call.legs import Leg, LegState
 from telephony.sip.dialog import Dialog
 from telephony.sip.errors import SipError
-from tests.unit.callnet import MediaHandle, Peer
+from tests.unit.callnet import MediaHandle, Peer, sdp
 from tests.unit.test_b2bua import HANDOFFD, World
 
 #: a 988 destination's behaviour; answering weighs half, so consults and conferences come up
@@ -168,6 +168,28 @@ class OneCall(RuleBasedStateMachine):
     @rule(who=st.sampled_from(("caller", "disp1", "primary", "backup")))
     def hangs_up(self, who: str) -> None:
         self._in_dialog(getattr(self.world, who), "BYE")
+
+    @rule(
+        who=st.sampled_from(("caller", "disp1", "primary")),
+        method=st.sampled_from(("INVITE", "INFO", "UPDATE", "NOTIFY", "OPTIONS", "MESSAGE")),
+        body=st.one_of(
+            st.just(b""),
+            st.binary(max_size=120),
+            st.sampled_from((sdp(7000), sdp(7000).replace(b"a=sendrecv", b"a=sendonly"))),
+        ),
+    )
+    def someone_sends(self, who: str, method: str, body: bytes) -> None:
+        """An in-dialog request from any party (a re-INVITE to hold or resume, with any body,
+        or anything else a phone sends mid-call)."""
+        ctype = "application/sdp" if body else None
+        peer: Peer = getattr(self.world, who)
+        if peer.dialog is None:
+            return
+        try:
+            peer.in_dialog(method, HANDOFFD, body=body, content_type=ctype)
+        except SipError:
+            return
+        self.world.net.advance(0.01)
 
     @rule(seconds=st.sampled_from((0.2, 1.0, 4.0, 16.0)))
     def time_passes(self, seconds: float) -> None:
