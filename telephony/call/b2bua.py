@@ -194,10 +194,7 @@ class B2bua:
             if req.method == "ACK" or (req.method == "INVITE" and req.to.tag is None):
                 return
             status = err.status if err.side == "peer" and 400 <= err.status <= 699 else 500
-            text = "".join(
-                c if c.isprintable() and c not in '"\\' else "?" for c in valid_text(err.reason)
-            )
-            self._respond(req, status, headers=(("Warning", f'399 handoffd "{text}"'),))
+            self._respond(req, status, headers=(_warning(err.reason),))
         except SipError:
             pass  # answered already (the error came later), or the To header does not parse
 
@@ -291,6 +288,11 @@ class B2bua:
         cfg = self.config
         if self.draining:
             self._respond(req, 503, headers=(("Retry-After", str(cfg.retry_after)),))
+            return
+        try:  # what the caller's (or phone's) dialog will need, before anyone is dialled
+            Dialog.check_uas(req)
+        except SipError as err:
+            self._respond(req, err.status, headers=(_warning(err.reason),))
             return
         if self.attended.consult_invite(req, source, key):
             return  # a dispatcher's phone on a call with us calls 988: attended transfer
@@ -783,3 +785,9 @@ class B2bua:
 
 def _ignore(_resp: Response) -> None:
     return None
+
+
+def _warning(why: str) -> tuple[str, str]:
+    """A ``Warning: 399 handoffd "<why>"`` header; ``why`` may quote what a peer sent."""
+    text = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in valid_text(why))
+    return ("Warning", f'399 handoffd "{text}"')

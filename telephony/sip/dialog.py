@@ -217,11 +217,7 @@ class Dialog:
         :meth:`on_response_sent` with the 2xx. ``secure`` defaults to "the Request-URI is
         SIPS"; pass False when it did not arrive over TLS. 400 when the INVITE has no Contact.
         """
-        if invite.to.tag:
-            raise _fail("request is already in a dialog", 481, "peer")
-        target = _target(invite)
-        if target is None:
-            raise _fail("dialog-creating request without Contact", 400, "peer")
+        target = cls.check_uas(invite)
         return cls(
             role="uas",
             call_id=invite.call_id,
@@ -239,6 +235,19 @@ class Dialog:
             local_via=local_via,
             invite_in=None if confirmed or invite.method != "INVITE" else invite.cseq.seq,
         )
+
+    @staticmethod
+    def check_uas(invite: Request) -> URI:
+        """What :meth:`from_uas` needs of ``invite``, checked now (a B2BUA checks before it
+        dials anyone, not when the far end answers): no To tag (481), a Contact that parses
+        (400 without one), a Record-Route that parses. Returns the remote target."""
+        if invite.to.tag:
+            raise _fail("request is already in a dialog", 481, "peer")
+        target = _target(invite)
+        if target is None:
+            raise _fail("dialog-creating request without Contact", 400, "peer")
+        invite.record_route  # noqa: B018 (parsed now: raises ParseError when malformed)
+        return target
 
     @property
     def key(self) -> DialogKey:

@@ -318,7 +318,13 @@ class Peer(Node):
 
     # -- as a caller ------------------------------------------------------------------------
 
-    def call(self, dest: Endpoint, user: str, headers: tuple[tuple[str, str], ...] = ()) -> Request:
+    def call(
+        self,
+        dest: Endpoint,
+        user: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes | None = None,
+    ) -> Request:
         target = parse_uri(f"sip:{user}@{dest.host}:{dest.port}")
         invite = make_request(
             "INVITE",
@@ -332,7 +338,7 @@ class Peer(Node):
             cseq=1,
             contact=self.contact,
             headers=headers,
-            body=sdp(self.ep.port + 1000),
+            body=sdp(self.ep.port + 1000) if body is None else body,
             content_type="application/sdp",
         )
         self.invites.append(invite)

@@ -17,7 +17,10 @@ from telephony.call.transfer import TState
 from telephony.config import ProbeConfig, load_config
 from telephony.routing import load_rules
 from telephony.sip.errors import SipError
+from telephony.sip.headers import NameAddr
+from telephony.sip.message import make_request
 from telephony.sip.transaction import Endpoint
+from telephony.sip.uri import parse_uri
 from tests.e2e.harness import Ports, write_setup
 from tests.unit.callnet import FakeMedia, LayerPort, Net, Node, Peer, sdp
 
@@ -222,6 +225,44 @@ def test_a_refer_to_that_does_not_parse_gets_400_at_once(tmp_path: Path) -> None
     refusal = w.disp1.responses[-1]
     assert (refusal.headers.get("warning") or "").startswith('399 handoffd "')
     assert not w.primary.invites and w.bridged_to(w.disp1)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(("Contact", "9"),), (("Record-Route", "<sip:proxy@127.0.0.1;lr"),)],
+    ids=["contact-that-does-not-parse", "record-route-that-does-not-parse"],
+)
+def test_a_911_invite_its_dialog_could_not_be_built_from_is_400_before_any_dialling(
+    tmp_path: Path, extra: tuple[tuple[str, str], ...]
+) -> None:
+    """Before: the position was dialled and answered, then building the caller's dialog
+    failed and the caller heard ringing with no final answer ever."""
+    w = World(tmp_path)
+    w.caller.call(HANDOFFD, "disp-1", extra)
+    w.net.advance(2.0)
+    assert [s for s in w.caller.statuses() if s >= 200] == [400]
+    assert (w.caller.responses[-1].headers.get("warning") or "").startswith('399 handoffd "')
+    assert not w.disp1.invites and not w.core.calls and w.media.open_count == 0
+
+
+def test_a_911_invite_without_contact_is_400_before_any_dialling(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    invite = make_request(
+        "INVITE",
+        parse_uri("sip:disp-1@127.0.0.1:5060"),
+        via=w.caller.via(),
+        from_=NameAddr(parse_uri("sip:+18055550123@127.0.0.1"), None, (("tag", "f1"),)),
+        to=NameAddr(parse_uri("sip:disp-1@127.0.0.1:5060")),
+        call_id="no-contact@caller",
+        cseq=1,
+        body=sdp(6050),
+        content_type="application/sdp",
+    )
+    w.caller.invites.append(invite)
+    w.caller.send(invite, HANDOFFD)
+    w.net.advance(2.0)
+    assert [s for s in w.caller.statuses() if s >= 200] == [400]
+    assert not w.disp1.invites and not w.core.calls
 
 
 def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:

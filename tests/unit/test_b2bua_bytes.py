@@ -11,6 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from telephony.sip.errors import SipError
+from telephony.sip.parser import parse_message
+from tests.unit.callnet import sdp
 from tests.unit.test_b2bua import HANDOFFD, World
 
 #: a header value's bytes: anything but the line breaks and NUL that end or break the line
@@ -115,4 +118,71 @@ def test_every_in_dialog_request_is_answered_and_the_call_goes_on(
         assert len(w.core.calls) == 1 and w.bridged_to(w.disp1)
         w.caller.in_dialog("BYE", HANDOFFD)
         w.net.advance(1.0)
+        assert not w.core.calls and w.media.open_count == 0
+
+
+#: headers the call layer reads or relays, with values drawn to stress their parsers
+READ = (
+    "Max-Forwards",
+    "Contact",
+    "Record-Route",
+    "Supported",
+    "Require",
+    "Accept-Language",
+    "Priority",
+    "Geolocation",
+    "Geolocation-Routing",
+    "Call-Info",
+    "History-Info",
+    "Resource-Priority",
+    "Privacy",
+    "P-Asserted-Identity",
+    "Referred-By",
+    "Reason",
+    "Session-Expires",
+    "User-to-User",
+    "X-Incident-Priority",
+)
+_syntaxish = st.text(
+    alphabet=st.sampled_from('ab9:;=,<>"@. \t*%sip/+-_~\\'), min_size=1, max_size=40
+)
+header_value = st.one_of(value, _syntaxish.map(str.strip).filter(bool))
+offer = st.one_of(
+    st.just(sdp(6000)),
+    st.binary(min_size=1, max_size=200),
+    st.sampled_from(
+        (
+            sdp(6000).replace(b"RTP/AVP 0 8 101", b"RTP/AVP 96"),
+            sdp(6000).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP6 ::1"),
+            sdp(6000).replace(b"m=audio 6000", b"m=audio 0"),
+            sdp(6000).replace(b"m=audio", b"m=video"),
+            sdp(6000) + b"m=audio 6002 RTP/AVP 0\r\n",
+        )
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers=st.lists(st.tuples(st.sampled_from(READ), header_value), max_size=4), body=offer)
+def test_any_911_invite_that_parses_gets_a_final_answer_and_ends_cleanly(
+    headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """An INVITE from the trunk with odd values in the headers the call layer reads, and any
+    offer: if it parses at all (else the transport answers 400), the caller gets a final
+    answer; a connected call ends cleanly on the caller's BYE; nothing raises."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.caller.call(HANDOFFD, "disp-1", tuple(headers), body)
+        (sent,) = w.caller.layer.transmits()  # delivered here, so that bytes that do not
+        try:  # parse can be told from a message of ours that a peer could not parse
+            invite = parse_message(sent.data)
+        except SipError:
+            return  # the transport answers such bytes 400 (tests/e2e/test_calls.py)
+        w.node.layer.receive(invite, w.caller.ep, w.net.now)
+        w.net.advance(10.0)
+        finals = [s for s in w.caller.statuses() if s >= 200]
+        assert finals, w.caller.statuses()
+        if finals[-1] < 300:
+            w.caller.in_dialog("BYE", HANDOFFD)
+            w.net.advance(1.0)
         assert not w.core.calls and w.media.open_count == 0
