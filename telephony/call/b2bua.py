@@ -449,13 +449,29 @@ class B2bua:
             leg.on_failure(leg, status, resp.reason or reason_phrase(status))
 
     def _invite_answered(self, leg: Leg, resp: Response) -> None:
-        dialog = Dialog.from_uac(leg.invite, resp)
+        try:
+            dialog = Dialog.from_uac(leg.invite, resp)
+            unusable = None
+        except SipError as err:
+            # e.g. no Contact: still ACK the answer (it would be resent for 32 s and a person
+            # may be on the line), then end it and count this attempt as failed
+            dialog = Dialog.from_uac(leg.invite, resp, lenient=True)
+            unusable = err.reason
         ack = dialog.create_ack(leg.invite.cseq.seq, self._via(leg.dest.transport))
         dest = leg.request_dest(dialog)
         self.sip.send_stateless(ack, dest)
         self.offers.remember_ack(
             (dialog.call_id, dialog.remote_tag, leg.invite.cseq.seq), ack, dest
         )
+        if unusable is not None:
+            log.warning("call layer: an answer we cannot use: %s", unusable)
+            self._send(dialog.create_request("BYE", self._via(leg.dest.transport)), dest, None)
+            was_alive = leg.alive and not leg.cancelled
+            leg.stop_timers()
+            self._leg_ended(leg)
+            if was_alive and leg.on_failure is not None:
+                leg.on_failure(leg, 502, f"unusable answer: {unusable}")
+            return
         if leg.state is LegState.CONFIRMED or not leg.alive or leg.cancelled:
             # a forked second answer, or an answer that crossed our CANCEL: end that dialog
             self._send(dialog.create_request("BYE", self._via(leg.dest.transport)), dest, None)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from telephony.sip.errors import ProtocolError, Side
+from telephony.sip.errors import ProtocolError, Side, SipError
 from telephony.sip.headers import NameAddr, Via, canonical, new_branch
-from telephony.sip.message import Request, Response, make_request
+from telephony.sip.message import Headers, Request, Response, make_request
 from telephony.sip.uri import URI
 
 T1 = 0.5  # RFC 3261 §17.1.1.1 defaults, seconds
@@ -117,6 +117,19 @@ def _target(msg: Request | Response) -> URI | None:
     return contacts[0].uri if contacts else None
 
 
+def _without_target(response: Response, target: URI | None = None) -> Response:
+    """``response`` without its Contact and Record-Route lines (with ``target`` as its Contact
+    when given): what :meth:`Dialog.from_uac` falls back to when it is lenient."""
+    lines = [
+        (name, v)
+        for name, v in response.headers
+        if canonical(name) not in ("contact", "record-route")
+    ]
+    if target is not None:
+        lines.append(("Contact", f"<{target}>"))
+    return Response(response.status, response.reason, Headers(lines), b"")
+
+
 def _request_uri(uri: URI) -> URI:
     """``uri`` without what a Request-URI may not carry (§19.1.1: method param, headers)."""
     if uri.headers or uri.has_param("method"):
@@ -161,12 +174,27 @@ class Dialog:
 
     @classmethod
     def from_uac(
-        cls, invite: Request, response: Response, *, local_via: Via | None = None
+        cls,
+        invite: Request,
+        response: Response,
+        *,
+        local_via: Via | None = None,
+        lenient: bool = False,
     ) -> Dialog:
         """The dialog that a 101-199 with To tag (early) or a 2xx (confirmed) to our ``invite``
         creates (§12.1.2). Raises :class:`ProtocolError` when ``response`` creates no dialog
         or does not answer ``invite``; 400 for a 2xx without Contact. A 1xx without Contact is
-        tolerated: the Request-URI is the target until a Contact arrives."""
+        tolerated: the Request-URI is the target until a Contact arrives. ``lenient``: a
+        Contact or Record-Route that is missing or does not parse is replaced by the
+        Request-URI and no route (enough to ACK and BYE an answer we cannot use)."""
+        if lenient:
+            try:
+                _target(response)
+                response.record_route  # noqa: B018 (parsed now: raises when malformed)
+            except SipError:
+                response = _without_target(response)
+            if not response.contact:
+                response = _without_target(response, invite.uri)
         status, tag = response.status, response.to.tag
         if not tag or not 100 < status < 300:
             raise _fail("response creates no dialog", 400, "peer")

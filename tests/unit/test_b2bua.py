@@ -265,6 +265,23 @@ def test_a_911_invite_without_contact_is_400_before_any_dialling(tmp_path: Path)
     assert not w.disp1.invites and not w.core.calls
 
 
+def test_a_988_answer_without_contact_is_acked_ended_and_the_next_destination_tried(
+    tmp_path: Path,
+) -> None:
+    """A 2xx without Contact cannot make a dialog. Before, it was not even ACKed (resent for
+    32 s to a counselor hearing silence) and the leg hung on until the ring timeout."""
+    w = World(tmp_path)
+    w.primary.answer_contact = False
+    call_id = w.connect()
+    t = w.core.cold.start_transfer(call_id, now=w.net.now)
+    w.net.advance(1.0)  # primary answers at +0.5 s; the ring timeout would be +3 s
+    assert [r.method for r in w.primary.requests] == ["INVITE", "ACK", "BYE"]
+    assert w.backup.invites  # at once, not after the ring timeout
+    w.net.advance(2.0)
+    assert t.state is TState.COMPLETED and w.bridged_to(w.backup)
+    assert [e.event for e in t.timeline][:4] == ["requested", "trying", "ringing", "attempt failed"]
+
+
 def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
     w = World(tmp_path)
     call_id = w.connect()

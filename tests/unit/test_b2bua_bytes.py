@@ -186,3 +186,33 @@ def test_any_911_invite_that_parses_gets_a_final_answer_and_ends_cleanly(
             w.caller.in_dialog("BYE", HANDOFFD)
             w.net.advance(1.0)
         assert not w.core.calls and w.media.open_count == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(READ), header_value), max_size=3),
+    body=offer,
+    contact=st.booleans(),
+    mode=st.sampled_from(("cold", "warm")),
+)
+def test_a_988_answer_with_odd_headers_or_body_never_strands_the_caller(
+    headers: list[tuple[str, str]], body: bytes, contact: bool, mode: str
+) -> None:
+    """The first 988 destination answers with odd headers, any SDP answer, or no Contact;
+    the backup is sane. The transfer ends one way or the other and the caller hears a live
+    party: the counselor of either destination, or the dispatcher."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.primary.answer_headers = tuple(headers)
+        w.primary.answer_body = body
+        w.primary.answer_contact = contact
+        call_id = w.connect()
+        t = w.core.cold.start_transfer(call_id, mode=mode, now=w.net.now)  # type: ignore[arg-type]
+        w.net.advance(40.0)
+        call = w.core.calls[call_id]
+        assert call.caller.alive
+        if mode == "warm" and t.state.value == "conference":
+            w.core.warm.complete(t.id, now=w.net.now)
+            w.net.advance(40.0)
+        assert t.done, t.state
+        assert w.bridged_to(w.primary) or w.bridged_to(w.backup) or w.bridged_to(w.disp1)
