@@ -216,3 +216,32 @@ def test_a_988_answer_with_odd_headers_or_body_never_strands_the_caller(
             w.net.advance(40.0)
         assert t.done, t.state
         assert w.bridged_to(w.primary) or w.bridged_to(w.backup) or w.bridged_to(w.disp1)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(READ), header_value), max_size=3),
+    body=offer,
+    contact=st.booleans(),
+)
+def test_a_dispatcher_answer_with_odd_headers_or_body_gets_the_caller_a_final_answer(
+    headers: list[tuple[str, str]], body: bytes, contact: bool
+) -> None:
+    """The position's phone answers with odd headers, any SDP answer, or no Contact: the 911
+    caller gets a final answer (connected, or refused with a status), never endless ringing,
+    and the call ends cleanly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.disp1.answer_headers = tuple(headers)
+        w.disp1.answer_body = body
+        w.disp1.answer_contact = contact
+        w.caller.call(HANDOFFD, "disp-1")
+        w.net.advance(10.0)
+        finals = [s for s in w.caller.statuses() if s >= 200]
+        assert finals, w.caller.statuses()
+        if finals[-1] < 300:
+            assert w.bridged_to(w.disp1)
+            w.caller.in_dialog("BYE", HANDOFFD)
+            w.net.advance(1.0)
+        w.net.advance(40.0)
+        assert not w.core.calls and w.media.open_count == 0
