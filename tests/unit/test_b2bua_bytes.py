@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,9 @@ value = (
     .map(lambda b: b.decode("utf-8", "surrogateescape"))
 )
 NAMES = ("P-Asserted-Identity", "Call-Info", "User-to-User", "Subject", "X-Incident-Priority")
+_syntaxish = st.text(
+    alphabet=st.sampled_from('ab9:;=,<>"@. \t*%sip/+-_~\\'), min_size=1, max_size=40
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,12 +52,19 @@ def test_odd_bytes_in_headers_and_reasons_never_strand_the_caller(
         assert not w.core.calls and w.media.open_count == 0
 
 
+def _escaped(text: str) -> str:
+    """``text``'s bytes %-escaped, as a URI header value carries them."""
+    return quote(text.encode("utf-8", "surrogateescape"), safe="")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     target=st.one_of(
         value,
         value.map(lambda v: f"<sip:{v}@127.0.0.1>"),
         value.map(lambda v: f"<sip:988@127.0.0.1?{v}>"),
+        _syntaxish.map(lambda v: f"<sip:988@127.0.0.1?Replaces={v}>"),
+        value.map(lambda v: f"<sip:988@127.0.0.1?Replaces={_escaped(v)}>"),
     )
 )
 def test_any_refer_to_is_answered_and_leaves_the_caller_with_the_dispatcher(target: str) -> None:
@@ -142,9 +153,6 @@ READ = (
     "Session-Expires",
     "User-to-User",
     "X-Incident-Priority",
-)
-_syntaxish = st.text(
-    alphabet=st.sampled_from('ab9:;=,<>"@. \t*%sip/+-_~\\'), min_size=1, max_size=40
 )
 header_value = st.one_of(value, _syntaxish.map(str.strip).filter(bool))
 offer = st.one_of(
