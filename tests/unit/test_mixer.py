@@ -707,3 +707,44 @@ def test_any_input_leaves_the_mixer_working(steps: list[object]) -> None:
             )
         assert a.jitter_buffer.buffered <= 3 * FRAME + 500
         assert b.jitter_buffer.buffered <= 3 * FRAME + 500
+
+
+def _rtp_like() -> st.SearchStrategy[bytes]:
+    """Datagrams a relay port can receive: random bytes, and RTP headers with any fields
+    (version, padding, extension, CSRC count, marker, payload type) over any payload."""
+    header = st.tuples(
+        st.integers(0, 255), st.integers(0, 255), st.integers(0, 65535), st.integers(0, 2**32 - 1)
+    ).map(lambda f: bytes([f[0], f[1]]) + f[2].to_bytes(2, "big") + f[3].to_bytes(4, "big"))
+    ssrc = st.sampled_from((b"\x00\x00\x00\x01", b"\x00\x00\x00\x02", b"\xff\xff\xff\xff"))
+    return st.one_of(
+        st.binary(max_size=300),
+        st.tuples(header, ssrc, st.binary(max_size=400)).map(lambda t: t[0] + t[1] + t[2]),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    packets=st.lists(st.tuples(st.integers(0, 2), _rtp_like()), max_size=40),
+    codecs=st.tuples(st.sampled_from((PCMU, PCMA)), st.sampled_from((PCMU, PCMA))),
+)
+def test_any_datagrams_leave_the_mixer_ticking_with_well_formed_frames(
+    packets: list[tuple[int, bytes]], codecs: tuple[int, int]
+) -> None:
+    """Whatever arrives on the parties' ports (garbage, RTP with padding, extensions, CSRCs,
+    odd payload types or sizes, SSRC changes): nothing raises, and every tick still sends
+    each party one 172-byte packet of 160 samples."""
+    mixer = Mixer(rng=random.Random(7))
+    parties = [
+        mixer.join(codec=codecs[0], event_pt=101),
+        mixer.join(codec=codecs[1]),
+        mixer.join(codec=PCMU, event_pt=101),
+    ]
+    now = 0.0
+    for i, (who, data) in enumerate(packets):
+        now = i * 0.005
+        mixer.receive(parties[who], data, now)
+        if i % 4 == 3:
+            out = mixer.tick(now)
+            assert len(out) == 3
+            assert [p for p, _ in out] == parties
+            assert all(len(data) == 12 + 160 for _, data in out)
