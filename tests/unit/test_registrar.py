@@ -553,8 +553,9 @@ class Phone(Peer):
     def _send_register(self, expires: int, authorization: str | None) -> None:
         self.cseq += 1
         aor = NameAddr(parse_uri(f"sip:{self.name}@127.0.0.1"))
+        contact = getattr(self, "contact_text", None)
         headers = [
-            ("Contact", f"<sip:{self.name}@127.0.0.1:{self.contact_port}>"),
+            ("Contact", contact or f"<sip:{self.name}@127.0.0.1:{self.contact_port}>"),
             ("Expires", str(expires)),
         ]
         if authorization is not None:
@@ -929,3 +930,35 @@ def test_any_register_gets_one_answer_that_can_be_sent(
     response = make_response(req, reply.status, to_tag="t", headers=reply.headers)
     assert response.to_bytes().startswith(b"SIP/2.0 %d " % reply.status)
     assert not changed(reg)  # no binding without a valid password
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    user=st.sampled_from(("disp-3", "", "x%20y", "+1805")),
+    host=st.sampled_from(("127.0.0.1", "[::1]", "localhost", "10.0.0.1", "phone.invalid")),
+    port=st.sampled_from(("", ":1", ":5999", ":65535")),
+    params=st.sampled_from(
+        ("", ";transport=tcp", ";transport=tls", ";transport=sctp", ";transport=ws", ";ob",
+         ";maddr=127.0.0.1", ";lr", ";transport=UDP;ob")
+    ),
+)  # fmt: skip
+def test_a_registered_contact_of_any_shape_still_gets_the_caller_a_final_answer(
+    tmp_path_factory: pytest.TempPathFactory, user: str, host: str, port: str, params: str
+) -> None:
+    """Whatever (parseable) Contact a phone registers: a call to its position is answered or
+    refused (never rings forever), nothing raises, and the call ends cleanly."""
+    w = World(tmp_path_factory.mktemp("w"))
+    at = f"{user}@" if user else ""
+    w.phone.contact_text = f"<sip:{at}{host}{port}{params}>"  # type: ignore[attr-defined]
+    w.phone.register()
+    w.net.run()
+    assert w.phone.statuses("REGISTER")[-1] in (200, 400), w.phone.statuses("REGISTER")
+    w.dial("2003")
+    w.net.advance(40.0)
+    finals = [s for s in w.caller.statuses() if s >= 200]
+    assert finals, w.caller.statuses()
+    if finals[-1] < 300:
+        w.caller.in_dialog("BYE", HANDOFFD)
+        w.net.advance(1.0)
+    w.net.advance(40.0)
+    assert not w.core.calls and w.media.open_count == 0
