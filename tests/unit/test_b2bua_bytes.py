@@ -253,3 +253,38 @@ def test_a_dispatcher_answer_with_odd_headers_or_body_gets_the_caller_a_final_an
             w.net.advance(1.0)
         w.net.advance(40.0)
         assert not w.core.calls and w.media.open_count == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    destination=st.one_of(st.none(), value, st.sampled_from(("988", "988-backup", "2002", ""))),
+    triage=st.one_of(st.none(), st.integers(-3, 7)),
+    reason=st.one_of(st.none(), value),
+    mode=st.sampled_from(("cold", "warm", "consult")),
+)
+def test_any_api_transfer_request_is_refused_or_run_and_the_caller_is_kept(
+    destination: str | None, triage: int | None, reason: str | None, mode: str
+) -> None:
+    """What the HTTP hook passes on after its own validation, with any destination text,
+    triage level and reason: a 4xx refusal (nothing changes) or a transfer that ends with
+    the caller hearing someone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp), primary=486)
+        call_id = w.connect()
+        try:
+            w.core.cold.start_transfer(
+                call_id,
+                destination=destination,
+                triage=triage,
+                reason=reason,
+                mode=mode,  # type: ignore[arg-type]
+                now=w.net.now,
+            )
+        except SipError as err:
+            assert 400 <= err.status < 500, err
+            assert w.bridged_to(w.disp1)
+            return
+        w.net.advance(40.0)
+        call = w.core.calls[call_id]
+        assert call.caller.alive
+        assert w.bridged_to(w.disp1) or w.bridged_to(w.backup) or call.id in w.media.mixes
