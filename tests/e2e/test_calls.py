@@ -8,6 +8,7 @@ and media port released at the end; unknown numbers get 404, strangers 403, garb
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from pathlib import Path
 
@@ -119,3 +120,90 @@ async def test_garbage_gets_400_and_the_daemon_keeps_serving(daemon: Daemon, por
         assert b"Allow: " in data and b"REFER" in data
     finally:
         sock.close()
+
+
+def _mutants(seed: int, count: int) -> list[bytes]:
+    """``count`` damaged copies of a 911 INVITE (to an unknown number: nothing is dialled):
+    bytes flipped, cut short, lines dropped or doubled, header values replaced by junk."""
+    rng = random.Random(seed)
+    base = (
+        b"INVITE sip:5550000@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:%(port)d;branch=z9hG4bK%(n)d;rport\r\n"
+        b"Max-Forwards: 70\r\nFrom: <sip:+18055550123@127.0.0.1>;tag=f%(n)d\r\n"
+        b"To: <sip:5550000@127.0.0.1>\r\nCall-ID: fuzz%(n)d@caller\r\nCSeq: 1 INVITE\r\n"
+        b"Contact: <sip:caller@127.0.0.1:%(port)d>\r\n"
+        b"P-Asserted-Identity: <tel:+18055550123>\r\n"
+        b"Call-Info: <urn:emergency:uid:callid:%(n)d:psap.example>;purpose=emergency-CallId\r\n"
+        b"Content-Type: application/sdp\r\nContent-Length: %(len)d\r\n\r\n%(sdp)s"
+    )
+    sdp = (
+        b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 7000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
+    junk = [b"", b"\xff\xfe", b"<", b";;;", b"9" * 40, b"\x00", b"sip:", b'"', b"%zz"]
+    out = []
+    for n in range(count):
+        lines = (base % {b"port": 0, b"n": n, b"len": len(sdp), b"sdp": sdp}).split(b"\r\n")
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(lines))
+            kind = rng.randrange(4)
+            if kind == 0:
+                lines.pop(i)
+            elif kind == 1:
+                lines.insert(i, lines[i])
+            elif kind == 2 and b": " in lines[i]:
+                name, _, _ = lines[i].partition(b": ")
+                lines[i] = name + b": " + rng.choice(junk)
+            else:
+                raw = bytearray(lines[i] or b"x")
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+                lines[i] = bytes(raw)
+        data = b"\r\n".join(lines)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        out.append(data)
+    return out
+
+
+async def _drain(loop: asyncio.AbstractEventLoop, sock: socket.socket, wait: float) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(loop.sock_recv(sock, 65535), wait))
+        except TimeoutError:
+            return got
+
+
+async def test_damaged_invites_are_answered_or_dropped_and_the_daemon_keeps_serving(
+    daemon: Daemon, ports: Ports, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 damaged 911 INVITEs (fixed seed): no handler raises, what parses is answered (400
+    when a value is damaged, 404 for the unknown number, 488 for a damaged offer), and
+    OPTIONS still gets 200 afterwards."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    here = f":{port};".encode()
+    answers: list[bytes] = []
+    try:
+        for n, data in enumerate(_mutants(seed=911, count=300)):
+            await loop.sock_sendto(sock, data.replace(b":0;", here), ("127.0.0.1", ports.sip))
+            if n % 20 == 19:  # read as we go: the answers must not overflow our socket
+                answers += await _drain(loop, sock, 0.05)
+        answers += await _drain(loop, sock, 0.3)
+        options = (
+            b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKopt\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+            b"Call-ID: opt-after-fuzz\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" % port
+        )
+        await loop.sock_sendto(sock, options, ("127.0.0.1", ports.sip))
+        after = await _drain(loop, sock, 1.0)
+    finally:
+        sock.close()
+    assert any(a.startswith(b"SIP/2.0 200 ") and b"opt-after-fuzz" in a for a in after), after
+    statuses = {a.split(b" ", 2)[1] for a in answers}
+    assert {b"400", b"404", b"488"} <= statuses, statuses  # damage noticed, intact ones routed
+    failed = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not failed, [r.getMessage() for r in failed]
