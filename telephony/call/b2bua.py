@@ -237,11 +237,33 @@ class B2bua:
     ) -> TransactionKey:
         """Send ``request`` to ``dest``; ``on_final`` gets its final response (or the one made
         up for a timeout or transport error), ``on_progress`` its provisional ones."""
+        if request.method == "INVITE" and request.to.tag:  # a re-INVITE of ours
+            on_final = self._tracked(request, on_final)
         key = self.sip.send_request(request, dest)
         self._pending[key] = on_final if on_final is not None else _ignore
         if on_progress is not None:
             self._progress[key] = on_progress
         return key
+
+    def _tracked(self, request: Request, on_final: OnFinal | None) -> OnFinal | None:
+        """``on_final`` for our re-INVITE ``request``, after its dialog has taken the final
+        response: the dialog allows the next re-INVITE only once this one is answered (a
+        response made up for a timeout counts too)."""
+        leg = self._dialogs.get((request.call_id, request.from_.tag or "", request.to.tag or ""))
+        dialog = leg.dialog if leg is not None else None
+        if dialog is None:
+            return on_final
+
+        def final(resp: Response) -> None:
+            try:
+                dialog.on_response(request, resp)
+            except SipError:  # e.g. the 408 made up for a timeout: not from the dialog
+                if dialog.invite_out == request.cseq.seq:
+                    dialog.invite_out = None
+            if on_final is not None:
+                on_final(resp)
+
+        return final
 
     def _respond(
         self,
@@ -251,7 +273,20 @@ class B2bua:
         headers: tuple[tuple[str, str], ...] = (),
         to_tag: str | None = None,
     ) -> None:
-        self.sip.send_response(make_response(request, status, to_tag=to_tag, headers=headers))
+        response = make_response(request, status, to_tag=to_tag, headers=headers)
+        self.sip.send_response(response)
+        if status >= 200 and request.method == "INVITE" and request.to.tag:
+            self._reinvite_answered(request, response)
+
+    def _reinvite_answered(self, request: Request, response: Response) -> None:
+        """A peer's re-INVITE has its final answer: its dialog takes the next one (RFC 3261
+        §14.2 refuses a second INVITE with 500 only while the first is unanswered)."""
+        leg = self._dialogs.get(request_key(request) or ("", "", ""))
+        if leg is not None and leg.dialog is not None:
+            try:
+                leg.dialog.on_response_sent(request, response)
+            except SipError as err:
+                log.warning("call layer: %s", err.reason)
 
     def _on_request(self, req: Request, source: Endpoint, key: TransactionKey | None) -> None:
         method = req.method

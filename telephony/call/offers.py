@@ -93,6 +93,7 @@ class Offers:
         ok = make_response(req, 200, headers=headers, body=body)
         if req.method == "INVITE":
             self.send_2xx(leg, ok, dest)
+            self.core._reinvite_answered(req, ok)
         else:
             self.core.sip.send_response(ok)
 

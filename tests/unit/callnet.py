@@ -305,6 +305,7 @@ class Peer(Node):
                 body=sdp(self.ep.port + 1000),
             )
             self.layer.send_response(ok, now)
+            self.dialog.on_response_sent(req, ok)  # answered: the next re-INVITE may come
         elif req.method == "ACK":
             return
         elif req.method in ("BYE", "NOTIFY", "OPTIONS"):

@@ -282,6 +282,39 @@ def test_a_988_answer_without_contact_is_acked_ended_and_the_next_destination_tr
     assert [e.event for e in t.timeline][:4] == ["requested", "trying", "ringing", "attempt failed"]
 
 
+@pytest.mark.parametrize(
+    "sides",
+    [("caller",) * 3, ("disp1",) * 3, ("caller", "disp1", "caller", "disp1")],
+    ids=["caller-hold-resume-hold", "dispatcher-hold-resume-hold", "both-sides-in-turn"],
+)
+def test_every_reinvite_in_a_dialog_is_relayed_not_only_the_first(
+    tmp_path: Path, sides: tuple[str, ...]
+) -> None:
+    """Hold, resume, hold again (and session-timer refreshes) are re-INVITEs in the same
+    dialog. Before, only the first was relayed: the dialogs never learned that a re-INVITE
+    was answered, so the second got 500 ("previous INVITE not answered yet") or 491."""
+    w = World(tmp_path)
+    w.connect()
+    for n, side in enumerate(sides):
+        peer, other = (w.caller, w.disp1) if side == "caller" else (w.disp1, w.caller)
+        direction = b"sendonly" if n % 2 == 0 else b"sendrecv"
+        before = sum(1 for r in other.requests if r.method == "INVITE")
+        req = peer.in_dialog(
+            "INVITE",
+            HANDOFFD,
+            body=sdp(7050).replace(b"a=sendrecv", b"a=" + direction),
+            content_type="application/sdp",
+        )
+        w.net.advance(1.0)
+        final = [r for r in peer.responses if r.cseq == req.cseq and r.status >= 200]
+        assert [r.status for r in final] == [200], (n, side, [r.status for r in final])
+        assert peer.dialog is not None
+        peer.dialog.on_response(req, final[0])
+        relayed = [r for r in other.requests if r.method == "INVITE"]
+        assert len(relayed) == before + 1  # the partner got this one too
+        assert b"a=" + direction in relayed[-1].body
+
+
 def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
     w = World(tmp_path)
     call_id = w.connect()
