@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 class AttendedTransfers:
     def __init__(self, core: B2bua) -> None:
         self.core = core
-        self._phones: dict[tuple[str, int], str] = {}  # dispatcher phone address -> call id
+        #: dispatcher phone address -> the ids of its calls with us, in the order answered
+        self._phones: dict[tuple[str, int], list[str]] = {}
 
     # -- 2. the consult call ----------------------------------------------------------------
 
@@ -77,22 +78,36 @@ class AttendedTransfers:
         return True
 
     def _call_of_phone(self, source: Endpoint) -> Call | None:
-        call = self.core.calls.get(self._phones.get((source.host, source.port), ""))
-        disp = call.dispatcher if call is not None else None
-        if disp is None or not disp.alive or disp.state is not LegState.CONFIRMED:
-            return None
-        return call
+        """The 911 call a consult INVITE from ``source`` is about. A phone with one call: that
+        one. A dispatcher with several calls on the phone puts the one to transfer on hold
+        before dialling 988, so: of the calls the phone holds, the one it put on hold last;
+        when it holds none, the one whose SDP changed last (its active call)."""
+        calls = []
+        for call_id in self._phones.get((source.host, source.port), ()):
+            call = self.core.calls.get(call_id)
+            disp = call.dispatcher if call is not None else None
+            if disp is not None and disp.alive and disp.state is LegState.CONFIRMED:
+                calls.append((call, disp))
+        if len(calls) <= 1:
+            return calls[0][0] if calls else None
+        held = [(c, d) for c, d in calls if d.direction() in ("sendonly", "inactive")]
+        return max(held or calls, key=lambda cd: cd[1].learned)[0]
 
     def phone_answered(self, call: Call, leg: Leg) -> None:
         """Remember where the dispatcher's phone on ``call`` talks from (its address and its
         Contact's): a new INVITE from there is its consult call."""
         for hop in (leg.dest, leg.request_dest()):
-            self._phones[hop.host, hop.port] = call.id
+            ids = self._phones.setdefault((hop.host, hop.port), [])
+            ids[:] = [i for i in ids if i in self.core.calls and i != call.id]  # ended: gone
+            ids.append(call.id)
 
     def phone_gone(self, leg: Leg) -> None:
         for hop in (leg.dest, leg.request_dest()):
-            if self._phones.get((hop.host, hop.port)) == leg.call_tag:
-                del self._phones[hop.host, hop.port]
+            ids = self._phones.get((hop.host, hop.port))
+            if ids is not None and leg.call_tag in ids:
+                ids.remove(leg.call_tag)
+                if not ids:
+                    del self._phones[hop.host, hop.port]
 
     def ringing(self, call: Call) -> None:
         leg = call.consult

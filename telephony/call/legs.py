@@ -43,6 +43,8 @@ Role = Literal["caller", "dispatcher", "destination", "consult"]
 #: attributes that describe the other leg's transport: never passed across the anchor
 _NOT_ANCHORED = frozenset({"rtcp", "candidate", "crypto"})
 _session_ids = itertools.count(1)
+#: orders the SDPs learned from peers, across legs (which phone changed what last)
+_learned = itertools.count(1)
 
 
 class LegState(Enum):
@@ -137,6 +139,7 @@ class Leg:
     answered: bool = False  # a 2xx confirmed it (stays true once it ends)
     ended_by: str | None = None
     flow: Endpoint | None = None
+    learned: int = 0  # when its peer's last SDP came, in the order of all legs' (0: none yet)
 
     @property
     def alive(self) -> bool:
@@ -165,6 +168,7 @@ class Leg:
     def learn_sdp(self, sd: SessionDescription) -> None:
         """The peer's SDP: remember it and point our relay endpoint at its address."""
         self.peer_sdp = sd
+        self.learned = next(_learned)
         addr = peer_media_address(sd)
         if addr is None:
             self.media.set_remote("0.0.0.0" if ":" not in self.media.host else "::", 0)

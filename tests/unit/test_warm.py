@@ -15,6 +15,7 @@ import pytest
 from telephony.call.b2bua import Call
 from telephony.call.transfer import TState
 from telephony.sip.errors import SipError
+from tests.unit.callnet import Peer, sdp
 from tests.unit.test_b2bua import HANDOFFD, World
 from tests.unit.test_record_events import recording
 
@@ -377,3 +378,41 @@ def test_dispatcher_stays_rule_refuses_complete_but_the_dispatcher_may_hang_up(
     w2.net.advance(2.0)
     w2.core.warm.complete(t2.id, now=w2.net.now)
     assert t2.state is TState.COMPLETED and t2.decision.rule == "default-cold"
+
+
+def test_a_consult_call_belongs_to_the_call_the_phone_put_on_hold_last(tmp_path: Path) -> None:
+    """disp1 has two 911 calls: A, then B. It holds B, takes A back, then (to transfer A) holds
+    A and calls 988. The consult is about A (held last), not B (answered last): B's caller
+    must not be put on consult hold nor have its data sent to 988."""
+    w = World(tmp_path)
+    a_id = w.connect()
+    dialog_a = w.disp1.dialog
+    caller2 = Peer(w.net, "caller2", 5052)
+    caller2.call(HANDOFFD, "disp-1", (("P-Asserted-Identity", "<tel:+18055550999>"),))
+    w.net.advance(1.0)
+    b_id = next(i for i in w.core.calls if i != a_id)
+    dialog_b = w.disp1.dialog
+    assert dialog_a is not None and dialog_b is not None and dialog_b is not dialog_a
+
+    def reinvite(dialog: object, direction: bytes) -> None:
+        w.disp1.dialog = dialog  # type: ignore[assignment]
+        body = sdp(6070).replace(b"a=sendrecv", b"a=" + direction)
+        req = w.disp1.in_dialog("INVITE", HANDOFFD, body=body, content_type="application/sdp")
+        w.net.advance(0.5)
+        ok = next(
+            r
+            for r in w.disp1.responses
+            if r.call_id == req.call_id and r.cseq == req.cseq and r.status == 200
+        )
+        w.disp1.dialog.on_response(req, ok)  # type: ignore[union-attr]  # the INVITE is over
+
+    reinvite(dialog_b, b"sendonly")  # B on hold
+    reinvite(dialog_a, b"sendrecv")  # back to A
+    reinvite(dialog_a, b"sendonly")  # transfer A: hold it first
+    w.disp1.dialog = None
+    w.disp1.call(HANDOFFD, "988")
+    w.net.advance(2.0)
+    a, b = w.core.calls[a_id], w.core.calls[b_id]
+    assert a.transfer is not None and a.transfer.trigger == "attended"
+    assert b.transfer is None and b.consult is None
+    assert w.primary.invites[0].headers.get("p-asserted-identity") == "<tel:+18055550123>"
