@@ -207,3 +207,30 @@ async def test_damaged_invites_are_answered_or_dropped_and_the_daemon_keeps_serv
     assert {b"400", b"404", b"488"} <= statuses, statuses  # damage noticed, intact ones routed
     failed = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not failed, [r.getMessage() for r in failed]
+
+
+async def test_hold_resume_hold_every_reinvite_reaches_the_other_side(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    """SIPp as the caller holds, resumes and holds again (three re-INVITEs in one dialog);
+    SIPp as the position must receive all three and each must be answered 200 (any other
+    answer fails the caller's scenario). Before the fix the second got 500."""
+    disp = await start_sipp(
+        "uas-hold-resume", workdir=tmp_path, local_port=ports.disp1, calls=1, timeout_s=30
+    )
+    await asyncio.sleep(0.3)
+    caller = await start_sipp(
+        "uac-hold-resume",
+        workdir=tmp_path,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        calls=1,
+        service="disp-1",
+    )
+    res = await caller.wait(40)
+    dres = await disp.wait(30)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.count("SuccessfulCall(C)") == 1
+    assert dres.count("SuccessfulCall(C)") == 1, dres.stdout[-2000:] + dres.stderr[-2000:]
+    await _settle(daemon)
+    assert daemon.core is not None and not daemon.core.calls
