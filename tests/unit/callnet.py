@@ -9,13 +9,14 @@ own socket tests).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from telephony.sip.dialog import Dialog
-from telephony.sip.errors import ParseError
-from telephony.sip.headers import NameAddr, Via, new_branch, new_tag
+from telephony.sip.errors import ParseError, SipError
+from telephony.sip.headers import CSeq, NameAddr, Via, new_branch, new_tag
 from telephony.sip.message import Request, Response, make_request, make_response
 from telephony.sip.parser import parse_message
 from telephony.sip.transaction import (
@@ -239,6 +240,9 @@ class Peer(Node):
         self.answer_headers: tuple[tuple[str, str], ...] = ()
         self.answer_body: bytes | None = None
         self.answer_contact = True
+        self.dialogs: list[Dialog] = []  # every dialog it made (tests swap ``dialog`` around)
+        #: in-dialog requests sent, until their final response (the dialog is told of it)
+        self.sent: dict[tuple[str, CSeq], tuple[Dialog, Request]] = {}
         self.invites: list[Request] = []
         self.requests: list[Request] = []
         self.responses: list[Response] = []
@@ -264,8 +268,15 @@ class Peer(Node):
         elif isinstance(ev, ResponseReceived):
             self.responses.append(ev.response)
             r = ev.response
+            mine = self.sent.pop((r.call_id, r.cseq), None) if r.status >= 200 else None
+            if mine is not None and r.cseq.method == "INVITE":
+                # tell its dialog the re-INVITE is over: the next may be sent (only INVITEs:
+                # like most phones, this one does not end a call over a 481 to its REFER)
+                with contextlib.suppress(SipError):
+                    mine[0].on_response(mine[1], r)
             if self.dialog is None and 200 <= r.status < 300 and r.cseq.method == "INVITE":
                 self.dialog = Dialog.from_uac(self.invites[-1], r)
+                self.dialogs.append(self.dialog)
                 ack = self.dialog.create_ack(r.cseq.seq, self.via())
                 self.layer.send_stateless(ack, ev.source)
             elif self.dialog is not None and 200 <= r.status < 300 and r.cseq.method == "INVITE":
@@ -295,9 +306,12 @@ class Peer(Node):
             self.layer.send_response(ringing, now)
             if self.mode == "answer":
                 self.pending_answer = (now + self.answer_after, req, tag)
-        elif req.method == "INVITE":  # re-INVITE: answer with our SDP
-            assert self.dialog is not None
-            self.dialog.on_request(req)
+        elif req.method == "INVITE":  # re-INVITE: answer with our SDP, in its own dialog
+            dialog = next((d for d in (self.dialog, *self.dialogs) if d and d.matches(req)), None)
+            if dialog is None:
+                self.layer.send_response(make_response(req, 481), now)
+                return
+            dialog.on_request(req)
             ok = make_response(
                 req,
                 200,
@@ -305,7 +319,7 @@ class Peer(Node):
                 body=sdp(self.ep.port + 1000),
             )
             self.layer.send_response(ok, now)
-            self.dialog.on_response_sent(req, ok)  # answered: the next re-INVITE may come
+            dialog.on_response_sent(req, ok)  # answered: the next re-INVITE may come
         elif req.method == "ACK":
             return
         elif req.method in ("BYE", "NOTIFY", "OPTIONS"):
@@ -321,6 +335,7 @@ class Peer(Node):
         _, invite, tag = self.pending_answer
         self.pending_answer = None
         self.dialog = Dialog.from_uas(invite, tag, self.contact, confirmed=True)
+        self.dialogs.append(self.dialog)
         contact = (("Contact", str(self.contact)),) if self.answer_contact else ()
         ok = make_response(
             invite,
@@ -363,6 +378,7 @@ class Peer(Node):
     def in_dialog(self, method: str, dest: Endpoint, **kw: object) -> Request:
         assert self.dialog is not None
         req = self.dialog.create_request(method, self.via(), **kw)  # type: ignore[arg-type]
+        self.sent[req.call_id, req.cseq] = (self.dialog, req)
         self.send(req, dest)
         return req
 

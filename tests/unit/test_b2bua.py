@@ -308,8 +308,6 @@ def test_every_reinvite_in_a_dialog_is_relayed_not_only_the_first(
         w.net.advance(1.0)
         final = [r for r in peer.responses if r.cseq == req.cseq and r.status >= 200]
         assert [r.status for r in final] == [200], (n, side, [r.status for r in final])
-        assert peer.dialog is not None
-        peer.dialog.on_response(req, final[0])
         relayed = [r for r in other.requests if r.method == "INVITE"]
         assert len(relayed) == before + 1  # the partner got this one too
         assert b"a=" + direction in relayed[-1].body

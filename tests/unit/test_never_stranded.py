@@ -10,8 +10,9 @@ any body), anyone hanging up, the 988 destinations answering, ringing forever or
 time passing. Whenever everything has settled (every timer that the last step started has run
 out), the caller is either gone (and the call over, every media port closed) or hears a party
 that is still there: bridged to a confirmed leg, mixed with one, or on consult hold while the
-dispatcher or the counselor is still on the line. (A mutant that skips putting the caller back
-with the dispatcher after a cancelled warm transfer is caught in a few seconds.)
+dispatcher or the counselor is still on the line; and a re-INVITE from the caller (a session
+refresh) is answered 200, so no dialog of the call is wedged. (A mutant that skips putting
+the caller back with the dispatcher after a cancelled warm transfer is caught in seconds.)
 """
 
 from __future__ import annotations
@@ -226,6 +227,16 @@ class OneCall(RuleBasedStateMachine):
         assert caller.state is LegState.CONFIRMED
         assert self._heard(call, caller), _describe(call, w)
         assert w.net.now >= saved
+        # and no dialog of the call is wedged: a session refresh from the caller (a re-INVITE,
+        # relayed to whoever it talks to) is answered 200 once everything has settled
+        assert w.caller.dialog is not None
+        req = w.caller.in_dialog(
+            "INVITE", HANDOFFD, body=sdp(w.caller.ep.port + 1000), content_type="application/sdp"
+        )
+        w.net.advance(2.0)
+        finals = [r for r in w.caller.responses if r.call_id == req.call_id and r.cseq == req.cseq]
+        finals = [r for r in finals if r.status >= 200]
+        assert [r.status for r in finals] == [200], (_describe(call, w), finals)
 
     def _heard(self, call: Call, caller: Leg) -> bool:
         media = self.world.media
