@@ -247,8 +247,8 @@ class B2bua:
 
     def _tracked(self, request: Request, on_final: OnFinal | None) -> OnFinal | None:
         """``on_final`` for our re-INVITE ``request``, after its dialog has taken the final
-        response: the dialog allows the next re-INVITE only once this one is answered (a
-        response made up for a timeout counts too)."""
+        response: the dialog allows the next re-INVITE only once this one is answered (a 408
+        made up for a timeout carries the dialog's tags and counts too)."""
         leg = self._dialogs.get((request.call_id, request.from_.tag or "", request.to.tag or ""))
         dialog = leg.dialog if leg is not None else None
         if dialog is None:
@@ -257,9 +257,8 @@ class B2bua:
         def final(resp: Response) -> None:
             try:
                 dialog.on_response(request, resp)
-            except SipError:  # e.g. the 408 made up for a timeout: not from the dialog
-                if dialog.invite_out == request.cseq.seq:
-                    dialog.invite_out = None
+            except SipError as err:  # the dialog is over already, or the answer is not its
+                log.warning("call layer: %s", err.reason)
             if on_final is not None:
                 on_final(resp)
 

@@ -117,16 +117,15 @@ def _target(msg: Request | Response) -> URI | None:
     return contacts[0].uri if contacts else None
 
 
-def _without_target(response: Response, target: URI | None = None) -> Response:
-    """``response`` without its Contact and Record-Route lines (with ``target`` as its Contact
-    when given): what :meth:`Dialog.from_uac` falls back to when it is lenient."""
+def _without_target(response: Response, target: URI) -> Response:
+    """``response`` with ``target`` as its only Contact and no Record-Route: what
+    :meth:`Dialog.from_uac` falls back to when it is lenient."""
     lines = [
         (name, v)
         for name, v in response.headers
         if canonical(name) not in ("contact", "record-route")
     ]
-    if target is not None:
-        lines.append(("Contact", f"<{target}>"))
+    lines.append(("Contact", f"<{target}>"))
     return Response(response.status, response.reason, Headers(lines), b"")
 
 
@@ -189,11 +188,11 @@ class Dialog:
         Request-URI and no route (enough to ACK and BYE an answer we cannot use)."""
         if lenient:
             try:
-                _target(response)
+                usable = _target(response) is not None
                 response.record_route  # noqa: B018 (parsed now: raises when malformed)
             except SipError:
-                response = _without_target(response)
-            if not response.contact:
+                usable = False
+            if not usable:
                 response = _without_target(response, invite.uri)
         status, tag = response.status, response.to.tag
         if not tag or not 100 < status < 300:
@@ -416,6 +415,8 @@ class Dialog:
             mine = self.matches(response)
         if not mine or response.cseq != (request.cseq.seq, method):
             raise _fail("response does not belong to this dialog", 481, "peer")
+        if status >= 200 and method == "INVITE" and self.invite_out == request.cseq.seq:
+            self.invite_out = None  # answered, whatever the state machine makes of it below
         if status < 200:
             if creating:
                 self._step(In.PROVISIONAL, 481, "peer")
@@ -440,8 +441,6 @@ class Dialog:
             self._step(In.GONE, 481, "peer")
         else:
             self._step(In.RESPONSE, 481, "peer")
-        if method == "INVITE" and self.invite_out == request.cseq.seq:
-            self.invite_out = None
 
     # -- requests we receive ---------------------------------------------------------------
 
