@@ -382,5 +382,15 @@ class Peer(Node):
         self.send(req, dest)
         return req
 
+    def hang_up_if_answered(self, dest: Endpoint) -> int:
+        """The caller's side of a call placed with :meth:`call`: asserts that a final answer
+        came, hangs up (BYE, then 1 s) when it was a 2xx; returns its status."""
+        finals = [s for s in self.statuses() if s >= 200]
+        assert finals, self.statuses()
+        if finals[-1] < 300:
+            self.in_dialog("BYE", dest)
+            self.net.advance(1.0)
+        return finals[-1]
+
     def statuses(self, method: str = "INVITE") -> list[int]:
         return [r.status for r in self.responses if r.cseq.method == method]
