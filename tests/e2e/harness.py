@@ -9,13 +9,32 @@ in their own event loop (so they can read its call layer and relay counters) or 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from telephony.call.b2bua import B2bua
+from telephony.daemon import Daemon
 from tests.peers.sipp import free_port
 
 TOKEN = "e2e-secret-token"
+
+
+async def settled(daemon: Daemon, timeout: float = 5.0) -> B2bua:
+    """handoffd's call layer once no call is live. A SIPp party exits as soon as it has answered
+    the last BYE, which may be before handoffd has read that 200 and moved the call to ``ended``;
+    tests that read ``ended`` wait here first (and fail if a call is still live after
+    ``timeout``)."""
+    core = daemon.core
+    assert core is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while core.calls and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    live = [c.state for c in core.calls.values()]
+    assert not live, f"calls still live after {timeout} s: {live}"
+    return core
 
 
 def _media_base() -> int:

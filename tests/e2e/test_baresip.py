@@ -36,7 +36,7 @@ import pytest_asyncio
 from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
-from tests.e2e.harness import Ports
+from tests.e2e.harness import Ports, settled
 from tests.peers.baresip import Baresip, TracedMessage
 from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, start_sipp
 
@@ -192,8 +192,7 @@ async def test_baresip_blind_transfer_to_988(
     assert r988.count("Bye(C)") == 1
 
     # handoffd's side: a completed REFER transfer, the phone's leg gone, audio both ways
-    assert daemon.core is not None
-    ended = daemon.core.ended[call.id]
+    ended = (await settled(daemon)).ended[call.id]
     t = ended.transfer
     assert t is not None and t.state.value == "completed" and t.trigger == "refer", t
     events = [e.event for e in t.timeline]
@@ -239,8 +238,7 @@ async def test_baresip_failed_blind_transfer_keeps_the_caller(
     _ok(cres, "caller")
     _ok(await busy1.wait(10), "busy 988 primary")
     _ok(await busy2.wait(10), "busy 988 backup")
-    assert daemon.core is not None
-    t = daemon.core.ended[call.id].transfer
+    t = (await settled(daemon)).ended[call.id].transfer
     assert t is not None and t.state.value == "failed" and t.trigger == "refer", t
     assert await phone.stop() == 0, phone.log()[-3000:]  # stopping flushes its log
     trace = phone.sip_trace()

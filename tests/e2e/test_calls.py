@@ -15,20 +15,12 @@ from pathlib import Path
 import pytest
 
 from telephony.daemon import Daemon
-from tests.e2e.harness import Ports
+from tests.e2e.harness import Ports, settled
 from tests.peers.sipp import free_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 
 CALLS = 10
-
-
-async def _settle(daemon: Daemon, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    assert daemon.core is not None
-    while daemon.core.calls and loop.time() < deadline:
-        await asyncio.sleep(0.05)
 
 
 async def test_calls_reach_the_position_and_end_cleanly(
@@ -52,13 +44,9 @@ async def test_calls_reach_the_position_and_end_cleanly(
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert res.count("SuccessfulCall(C)") == CALLS
     assert dres.count("SuccessfulCall(C)") == CALLS, dres.stderr[-2000:]
-    await _settle(daemon)
-    assert daemon.core is not None
-    assert not daemon.core.calls
-    assert len(daemon.core.ended) == CALLS
-    assert all(
-        c.position is not None and c.position.name == "disp-1" for c in daemon.core.ended.values()
-    )
+    core = await settled(daemon)
+    assert len(core.ended) == CALLS
+    assert all(c.position is not None and c.position.name == "disp-1" for c in core.ended.values())
     stats = daemon.relay.stats()
     assert stats.endpoints == 0  # every media port released
 
@@ -232,5 +220,4 @@ async def test_hold_resume_hold_every_reinvite_reaches_the_other_side(
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert res.count("SuccessfulCall(C)") == 1
     assert dres.count("SuccessfulCall(C)") == 1, dres.stdout[-2000:] + dres.stderr[-2000:]
-    await _settle(daemon)
-    assert daemon.core is not None and not daemon.core.calls
+    await settled(daemon)

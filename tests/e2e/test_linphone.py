@@ -31,7 +31,7 @@ import pytest_asyncio
 from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
-from tests.e2e.harness import Ports
+from tests.e2e.harness import Ports, settled
 from tests.peers.linphone import Linphone, SipMessage, write_tone_wav
 from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, start_sipp
 
@@ -204,8 +204,7 @@ async def test_linphone_position_answers_and_caller_hangs_up(
     ], ctl.summary()
     assert seen["out"] > 50, f"caller audio relayed to linphone: {seen}"
     assert seen["in"] > 50, f"linphone's tone into its leg: {seen}"
-    assert not daemon.core.calls
-    ended = daemon.core.ended[call.id]
+    ended = (await settled(daemon)).ended[call.id]
     assert ended.state == "ended" and ended.transfer is None
 
     await phone.stop()  # flushes linphone's log, where each ended stream left its statistics
@@ -273,7 +272,7 @@ async def test_attended_transfer_from_linphone(
         assert [ev.state for ev in ctl.events if ev.call_id == cid][-2:] == ["End", "Released"]
     await phone.stop()  # flushes linphone's log: its SIP trace
     _check_attended_transfer_trace(phone.sip_trace(), f"127.0.0.1:{ports.sip}", refer_on)
-    t = daemon.core.ended[call.id].transfer
+    t = (await settled(daemon)).ended[call.id].transfer
     # the consult INVITE started the transfer (trigger "attended", telephony/call/attended.py);
     # the REFER with Replaces completed it
     assert t is not None and t.state.value == "completed" and t.trigger == "attended", t

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from telephony.daemon import Daemon
 from telephony.io.stack import SipStack
 from telephony.sip.transaction import Endpoint, TimerConfig
-from tests.e2e.harness import Ports, write_setup
+from tests.e2e.harness import Ports, settled, write_setup
 from tests.peers.redis import RedisServer
 from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
 from tests.peers.ua import MiniUac
@@ -106,8 +106,7 @@ async def test_refer_transfer_timeline_in_redis_without_phi(
     tmp_path: Path, daemon: Daemon, ports: Ports, redis_server: RedisServer
 ) -> None:
     await _refer_transfer(tmp_path, ports)
-    assert daemon.core is not None
-    call = next(iter(daemon.core.ended.values()))
+    call = next(iter((await settled(daemon)).ended.values()))
     t = call.transfer
     assert t is not None and t.state.value == "completed"
     r = aioredis.from_url(redis_server.url, decode_responses=True)
@@ -171,8 +170,7 @@ async def test_redis_down_during_a_live_transfer_spools_and_replays_in_order(
     await _until(spooling, 20, "events in the spool while Redis is down")
     redis_server.start()  # back while the call is still up: the rest go straight on after replay
     await transfer
-    assert daemon.core is not None
-    call = next(iter(daemon.core.ended.values()))
+    call = next(iter((await settled(daemon)).ended.values()))
 
     async def replayed() -> bool:
         return recorder.up and recorder.spooled == 0

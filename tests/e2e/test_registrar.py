@@ -32,7 +32,7 @@ from telephony.call.registrar import Reach
 from telephony.config import load_config
 from telephony.daemon import Daemon
 from telephony.sip.transaction import Endpoint
-from tests.e2e.harness import Ports, write_setup
+from tests.e2e.harness import Ports, settled, write_setup
 from tests.peers.redis import RedisServer
 from tests.peers.sipp import SCENARIOS, SippResult, free_port, media_port, start_sipp
 
@@ -148,7 +148,7 @@ async def test_registered_phone_receives_the_911_call_at_its_register_source(
         _ok(answered, "registered phone")
         assert caller.count("SuccessfulCall(C)") == 1
         assert answered.count("SuccessfulCall(C)") == 1 and answered.count("Bye(C)") == 1
-        [call] = d.core.ended.values()
+        [call] = (await settled(d)).ended.values()
         assert call.position is not None and call.position.name == "disp-3"
         disp = next(leg for leg in call.legs if leg.role == "dispatcher")
         assert str(disp.invite.uri) == f"sip:disp-3@127.0.0.1:{nat_port}"
@@ -185,7 +185,7 @@ async def test_a_phone_behind_nat_gets_the_ack_and_the_bye_at_its_register_sourc
         _ok(caller, "caller")
         _ok(answered, "phone behind NAT")
         assert answered.count("SuccessfulCall(C)") == 1 and answered.count("Bye(C)") == 1
-        [call] = d.core.ended.values()
+        [call] = (await settled(d)).ended.values()
         disp = next(leg for leg in call.legs if leg.role == "dispatcher")
         assert disp.dialog is not None
         assert (

@@ -18,7 +18,7 @@ import pytest
 from telephony.call.b2bua import Call
 from telephony.daemon import Daemon
 from telephony.media.relay import LegEndpoint
-from tests.e2e.harness import Ports
+from tests.e2e.harness import Ports, settled
 from tests.peers.sipp import SCENARIOS, SippResult, SippRun, free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
@@ -85,8 +85,7 @@ async def test_refer_transfer_carries_metadata_and_audio(
     _ok(r988, "988")
     assert dres.count("TransferOk(C)") == 1
     assert max(seen, default=0) > 10, "no caller audio came back from the 988 side"
-    assert daemon.core is not None
-    call = next(iter(daemon.core.ended.values()))
+    call = next(iter((await settled(daemon)).ended.values()))
     t = call.transfer
     assert t is not None and t.state.value == "completed" and t.trigger == "refer"
     assert t.triage_level == 1  # from the caller's X-Triage-Level header
@@ -103,8 +102,7 @@ async def test_cpe_invite_to_988_fails_over_busy_to_backup(
     _ok(res, "caller")
     _ok(await busy.wait(10), "busy 988")
     _ok(await d988.wait(10), "backup 988")
-    assert daemon.core is not None
-    t = next(iter(daemon.core.ended.values())).transfer
+    t = next(iter((await settled(daemon)).ended.values())).transfer
     assert t is not None and t.trigger == "invite" and t.state.value == "completed"
     assert [
         (e.event, e.destination, e.sip_status) for e in t.timeline if e.event == "attempt failed"
@@ -147,8 +145,7 @@ async def test_refer_to_ringing_line_fails_over_within_ring_timeout_and_recalls_
     )  # final NOTIFY carried the failure; caller came back
     _ok(await ring.wait(10), "ringing 988 (saw our CANCEL)")
     _ok(await busy.wait(10), "busy 988")
-    assert daemon.core is not None
-    t = next(iter(daemon.core.ended.values())).transfer
+    t = next(iter((await settled(daemon)).ended.values())).transfer
     assert t is not None and t.state.value == "failed"
     times = {e.event: e.at for e in t.timeline}
     first_try = next(e.at for e in t.timeline if e.event == "trying")
@@ -189,6 +186,7 @@ async def test_refer_to_a_number_no_rule_allows_is_notify_403_and_nothing_is_dia
     assert re.search(r"^SIP/2\.0 202 ", log, re.M), log[-3000:]
     frags = re.findall(r"^SIP/2\.0 ([1-6]\d\d) no routing rule", log, re.M)
     assert frags == ["403"], log[-3000:]
-    assert daemon.core is not None and not daemon.core.transfers  # nothing was dialled
-    ended = list(daemon.core.ended.values())
+    core = await settled(daemon)
+    assert not core.transfers  # nothing was dialled
+    ended = list(core.ended.values())
     assert len(ended) == 1 and ended[0].transfer is None
