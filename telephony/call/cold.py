@@ -250,11 +250,11 @@ class ColdTransfers:
         if disp is not None and disp.alive and disp.state is LegState.CONFIRMED:
             self.core._bridge(call, call.caller, disp)
             t.note("returned to dispatcher", self.core.wall)
-        else:
+            self.core._record("returned to dispatcher", call)
+        else:  # recorded as returned when a position answers (B2bua._dispatcher_answered)
             t.note("recall", self.core.wall)
             call.state = "ringing"
             self.core._recall_next(call)
-        self.core._record("returned to dispatcher", call)
 
     def cancel_transfer(self, transfer_id: str, now: float | None = None) -> Transfer:
         """Call a transfer off before the destination answers (409 after)."""

@@ -329,7 +329,10 @@ def test_api_transfer_to_a_number_no_rule_names_is_403(tmp_path: Path) -> None:
 def test_failed_refer_after_dispatcher_left_recalls_position(tmp_path: Path) -> None:
     w = World(tmp_path, primary=486, backup=503)
     w.primary.mode = "ring"
+    records: list[tuple[str, float]] = []
+    w.core.on_record = lambda event, call, fields: records.append((event, w.net.now))
     w.connect()
+    w.disp1.answer_after = 2.0  # the recall rings two seconds before the phone answers
     w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1>"),))
     w.net.advance(0.2)
     w.disp1.in_dialog("BYE", HANDOFFD)  # the phone hangs up at once (blind transfer)
@@ -337,8 +340,13 @@ def test_failed_refer_after_dispatcher_left_recalls_position(tmp_path: Path) -> 
     assert w.core.calls, "the caller must stay while the transfer goes on"
     w.net.advance(3.5)  # primary rings out, backup answers 503: chain exhausted
     assert len(w.disp1.invites) == 2, "the position is called again (recall)"
-    w.net.advance(1.0)
+    # a ringing position is not a return: the caller has no dispatcher yet (KPI returned_ms)
+    assert "returned to dispatcher" not in [e for e, _ in records], records
+    failed_at = next(at for e, at in records if e == "failed")
+    w.net.advance(3.0)
     assert w.bridged_to(w.disp1)
+    returned = [at for e, at in records if e == "returned to dispatcher"]
+    assert len(returned) == 1 and returned[0] >= failed_at + 2.0, records
 
 
 def test_caller_hanging_up_during_transfer_is_abandonment(tmp_path: Path) -> None:
