@@ -27,6 +27,7 @@ from telephony.call.attended import AttendedTransfers
 from telephony.call.cold import ColdTransfers, phase_of, triage_level
 from telephony.call.dtmf import FeatureCodes
 from telephony.call.legs import (
+    DELAYED_OFFER,
     Leg,
     LegState,
     Role,
@@ -295,6 +296,8 @@ class B2bua:
                 leg.retrans = None
                 if leg.retrans_timer is not None:
                     leg.retrans_timer.cancel()
+                if leg.offer_in_2xx:
+                    self.offers.answered_in_ack(leg, req)
             return
         if method == "REGISTER":  # before dialogs: some phones refresh with the 200's To tag
             self.registrar.on_register(req, source)
@@ -346,9 +349,6 @@ class B2bua:
         except SipError as err:
             self._respond(req, err.status)
             return
-        if offer is None:
-            self._respond(req, 488, headers=(("Warning", '399 handoffd "SDP offer required"'),))
-            return
         user = req.uri.user or ""
         position = None
         if user not in trunk.transfer_numbers:
@@ -365,7 +365,10 @@ class B2bua:
             return
         caller = Leg("caller", "", req, source, media, uac=False, local_tag=new_tag())
         caller.invite_key = key
-        caller.learn_sdp(offer)
+        if offer is not None:
+            caller.learn_sdp(offer)
+        else:  # delayed offer: we offer to the party dialled; the caller answers in its ACK
+            offer = DELAYED_OFFER
         call = Call(f"c{next(self._ids)}-{new_tag()[:8]}", caller, trunk, meta, offer, self.wall)
         caller.call_tag = call.id
         call.legs.append(caller)
@@ -655,6 +658,7 @@ class B2bua:
         assert source.peer_sdp is not None
         contact = self._contact(caller.dest.transport)
         body = caller.sdp_for(source.peer_sdp)
+        caller.offer_in_2xx = caller.peer_sdp is None  # its INVITE had no offer: this is ours
         ok = make_response(
             caller.invite,
             200,

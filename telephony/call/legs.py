@@ -45,6 +45,15 @@ _NOT_ANCHORED = frozenset({"rtcp", "candidate", "crypto"})
 _session_ids = itertools.count(1)
 #: orders the SDPs learned from peers, across legs (which phone changed what last)
 _learned = itertools.count(1)
+#: What a caller whose INVITE had no SDP (delayed offer) is taken to offer: G.711 in both laws
+#: and telephone-event, the media the relay carries and the mixer mixes. The party dialled for
+#: the call is offered this (anchored); the caller's own answer, from its ACK, then replaces it
+#: as ``Call.offer``.
+DELAYED_OFFER = parse_sdp(
+    b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+    b"m=audio 9 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+)
 
 
 class LegState(Enum):
@@ -140,6 +149,7 @@ class Leg:
     ended_by: str | None = None
     flow: Endpoint | None = None
     learned: int = 0  # when its peer's last SDP came, in the order of all legs' (0: none yet)
+    offer_in_2xx: bool = False  # our last 2xx to its INVITE was an offer: its ACK has the answer
 
     @property
     def alive(self) -> bool:

@@ -9,9 +9,10 @@ a transfer or recall, retransmits our 2xx to INVITEs until the ACK (RFC 3261 §1
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from telephony.call.legs import Leg, sdp_of
+from telephony.call.legs import DELAYED_OFFER, Leg, sdp_of
 from telephony.sip.dialog import AckTimedOut, Uas2xxRetransmitter
 from telephony.sip.errors import SipError
 from telephony.sip.message import Request, Response, make_response
@@ -20,6 +21,8 @@ from telephony.sip.transaction import Endpoint, response_destination
 
 if TYPE_CHECKING:
     from telephony.call.b2bua import B2bua, Call
+
+log = logging.getLogger("telephony.call")
 
 AckKey = tuple[str, str, int]  # (Call-ID, remote tag, CSeq number)
 
@@ -46,11 +49,11 @@ class Offers:
         except SipError as err:
             self.core._respond(req, err.status)
             return
+        reply_to = response_destination(req.top_via, source)
         if offer is None:
-            self.core._respond(req, 488, headers=(("Warning", '399 handoffd "offer required"'),))
+            self._refresh(leg, req, reply_to)
             return
         leg.learn_sdp(offer)
-        reply_to = response_destination(req.top_via, source)
         partner = call.partner(leg)
         if partner is None or not partner.alive or partner.dialog is None:
             answer = set_direction(offer, answer_direction(direction(offer)))
@@ -84,6 +87,39 @@ class Offers:
             self.answer(leg, req, leg.sdp_for(answer), reply_to)
 
         self.core._send(out, partner.request_dest(), done)
+
+    def _refresh(self, leg: Leg, req: Request, dest: Endpoint) -> None:
+        """A re-INVITE or UPDATE without an offer, typically a session refresh (RFC 4028): an
+        UPDATE gets 200 without a body (no offer, no answer: RFC 3311); a re-INVITE gets the
+        session as it stands on this leg, the SDP last sent there unchanged (same ``o=``
+        version, RFC 3264 §8), its answer coming in the ACK. The other party is not involved.
+        The 2xx carries no Session-Expires: handoffd itself asks for no refreshes."""
+        if req.method == "UPDATE":
+            contact = (("Contact", str(self.core._contact(leg.dest.transport))),)
+            self.core.sip.send_response(make_response(req, 200, headers=contact))
+            return
+        if leg.sent_sdp is None:  # nothing was ever offered or answered here: nothing to re-offer
+            self.core._respond(req, 488, headers=(("Warning", '399 handoffd "offer required"'),))
+            return
+        leg.offer_in_2xx = True
+        self.answer(leg, req, leg.sent_sdp.to_bytes(), dest)
+
+    def answered_in_ack(self, leg: Leg, ack: Request) -> None:
+        """The ACK to a 2xx that carried our offer: its body is the answer (RFC 3264 §4). A
+        caller that leaves it out keeps its call; its media is then found by latching."""
+        leg.offer_in_2xx = False
+        try:
+            answer = sdp_of(ack)
+        except SipError as err:
+            log.warning("ACK with an unusable answer (%s); media by latching", err.reason)
+            return
+        if answer is None:
+            log.warning("ACK without the answer to our offer; media by latching")
+            return
+        leg.learn_sdp(answer)
+        call = self.core.calls.get(leg.call_tag)
+        if call is not None and leg is call.caller and call.offer is DELAYED_OFFER:
+            call.offer = answer  # later dials offer what the caller really takes
 
     def answer(self, leg: Leg, req: Request, body: bytes, dest: Endpoint) -> None:
         headers = (

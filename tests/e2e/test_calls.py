@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from telephony.daemon import Daemon
+from telephony.media.relay import LegEndpoint
 from tests.e2e.harness import Ports, settled
-from tests.peers.sipp import free_port, start_sipp
+from tests.peers.sipp import free_port, media_port, start_sipp
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sipp]
 
@@ -221,3 +222,54 @@ async def test_hold_resume_hold_every_reinvite_reaches_the_other_side(
     assert res.count("SuccessfulCall(C)") == 1
     assert dres.count("SuccessfulCall(C)") == 1, dres.stdout[-2000:] + dres.stderr[-2000:]
     await settled(daemon)
+
+
+async def test_a_delayed_offer_911_call_is_answered_and_its_audio_reaches_the_position(
+    tmp_path: Path, daemon: Daemon, ports: Ports
+) -> None:
+    """SIPp as a PSAP trunk sends its INVITE without SDP (delayed offer). The 200 must carry an
+    offer, the caller answers in its ACK and plays G.711 to the port offered; then it refreshes
+    the session with an offerless UPDATE and an offerless re-INVITE, each answered 200 (any
+    other answer fails its scenario). Before, handoffd answered the INVITE 488."""
+    disp = await start_sipp(
+        "uas-dispatcher", workdir=tmp_path, local_port=ports.disp1, calls=1, timeout_s=30
+    )
+    await asyncio.sleep(0.3)
+    caller = await start_sipp(
+        "uac-delayed-offer",
+        workdir=tmp_path,
+        local_port=free_port(),
+        remote=f"127.0.0.1:{ports.sip}",
+        calls=1,
+        service="disp-1",
+        extra=("-mp", media_port()),
+    )
+    assert daemon.core is not None
+    core = daemon.core
+    seen: list[tuple[int, int]] = []  # (packets in on the caller's leg, out to the position)
+
+    async def watch() -> None:
+        while True:
+            for call in list(core.calls.values()):
+                disp_leg = call.dispatcher
+                if isinstance(call.caller.media, LegEndpoint) and disp_leg is not None:
+                    assert isinstance(disp_leg.media, LegEndpoint)
+                    seen.append((call.caller.media.rtp_packets_in, disp_leg.media.rtp_packets_out))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        res = await caller.wait(40)
+        dres = await disp.wait(30)
+    finally:
+        watcher.cancel()
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.count("SuccessfulCall(C)") == 1
+    assert dres.count("SuccessfulCall(C)") == 1, dres.stdout[-2000:] + dres.stderr[-2000:]
+    assert dres.count("ReInvite(C)") == 0  # the refreshes stayed on the caller's leg
+    # the caller's audio came to the port handoffd offered and went on to the position
+    assert max((s[0] for s in seen), default=0) > 20, seen[-3:]
+    assert max((s[1] for s in seen), default=0) > 20, seen[-3:]
+    core = await settled(daemon)
+    [call] = core.ended.values()
+    assert call.offer.media[0].formats[:1] == ("8",), call.offer  # the caller's own answer

@@ -240,6 +240,9 @@ class Peer(Node):
         self.answer_headers: tuple[tuple[str, str], ...] = ()
         self.answer_body: bytes | None = None
         self.answer_contact = True
+        #: the answer our ACK carries when our INVITE had no offer (delayed offer); b"": none
+        self.ack_answer = sdp(port + 1000)
+        self.acks: list[Request] = []
         self.dialogs: list[Dialog] = []  # every dialog it made (tests swap ``dialog`` around)
         #: in-dialog requests sent, until their final response (the dialog is told of it)
         self.sent: dict[tuple[str, CSeq], tuple[Dialog, Request]] = {}
@@ -274,13 +277,22 @@ class Peer(Node):
                 # like most phones, this one does not end a call over a 481 to its REFER)
                 with contextlib.suppress(SipError):
                     mine[0].on_response(mine[1], r)
-            if self.dialog is None and 200 <= r.status < 300 and r.cseq.method == "INVITE":
-                self.dialog = Dialog.from_uac(self.invites[-1], r)
-                self.dialogs.append(self.dialog)
-                ack = self.dialog.create_ack(r.cseq.seq, self.via())
-                self.layer.send_stateless(ack, ev.source)
-            elif self.dialog is not None and 200 <= r.status < 300 and r.cseq.method == "INVITE":
-                ack = self.dialog.create_ack(r.cseq.seq, self.via())
+            if 200 <= r.status < 300 and r.cseq.method == "INVITE":
+                if self.dialog is None:
+                    self.dialog = Dialog.from_uac(self.invites[-1], r)
+                    self.dialogs.append(self.dialog)
+                    request: Request | None = self.invites[-1]
+                else:
+                    request = mine[1] if mine is not None else None
+                # our INVITE had no offer and the 2xx has one: the ACK carries our answer
+                answer = request is not None and not request.body and bool(r.body)
+                ack = self.dialog.create_ack(
+                    r.cseq.seq,
+                    self.via(),
+                    body=self.ack_answer if answer else b"",
+                    content_type="application/sdp" if answer and self.ack_answer else None,
+                )
+                self.acks.append(ack)
                 self.layer.send_stateless(ack, ev.source)
         elif isinstance(ev, CancelReceived):
             self.requests.append(ev.cancel)
@@ -369,7 +381,7 @@ class Peer(Node):
             contact=self.contact,
             headers=headers,
             body=sdp(self.ep.port + 1000) if body is None else body,
-            content_type="application/sdp",
+            content_type="application/sdp" if body is None or body else None,
         )
         self.invites.append(invite)
         self.send(invite, dest)
