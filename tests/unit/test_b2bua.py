@@ -58,9 +58,10 @@ class World:
         self.primary = Peer(self.net, "primary", 5090, primary)
         self.backup = Peer(self.net, "backup", 5092, backup)
 
-    def connect(self) -> str:
-        """A caller connected to disp-1; returns the call id."""
-        self.caller.call(HANDOFFD, "disp-1", CALLER_HEADERS)
+    def connect(self, body: bytes | None = None) -> str:
+        """A caller connected to disp-1; returns the call id. ``body``: the INVITE's (default
+        an SDP offer; ``b""`` for a delayed offer)."""
+        self.caller.call(HANDOFFD, "disp-1", CALLER_HEADERS, body=body)
         self.net.advance(1.0)
         assert self.caller.statuses()[-1] == 200
         assert len(self.core.calls) == 1

@@ -11,7 +11,8 @@ time passing. Whenever everything has settled (every timer that the last step st
 out), the caller is either gone (and the call over, every media port closed) or hears a party
 that is still there: bridged to a confirmed leg, mixed with one, or on consult hold while the
 dispatcher or the counselor is still on the line; and a re-INVITE from the caller (a session
-refresh) is answered 200, so no dialog of the call is wedged. (A mutant that skips putting
+refresh) is answered 200, so no dialog of the call is wedged. The caller's INVITE carries an
+SDP offer or none (delayed offer: its answer comes in the ACK). (A mutant that skips putting
 the caller back with the dispatcher after a cancelled warm transfer is caught in seconds.)
 """
 
@@ -46,10 +47,11 @@ class OneCall(RuleBasedStateMachine):
         self.call_id = ""
         self.consult: Dialog | None = None  # the dispatcher phone's own call to 988
 
-    @initialize(primary=DESTINATION, backup=DESTINATION)
-    def connect(self, primary: str | int, backup: str | int) -> None:
+    @initialize(primary=DESTINATION, backup=DESTINATION, delayed_offer=st.booleans())
+    def connect(self, primary: str | int, backup: str | int, delayed_offer: bool) -> None:
+        """The 911 call, its INVITE with an SDP offer or without one (delayed offer)."""
         self.w = World(Path(self._tmp.name), primary=primary, backup=backup)
-        self.call_id = self.w.connect()
+        self.call_id = self.w.connect(b"" if delayed_offer else None)
 
     def teardown(self) -> None:
         self._tmp.cleanup()
@@ -225,6 +227,7 @@ class OneCall(RuleBasedStateMachine):
         caller = call.caller
         assert caller.alive, "the call outlived its caller"
         assert caller.state is LegState.CONFIRMED
+        assert caller.peer_sdp is not None, "the caller's SDP (or its answer in an ACK) was lost"
         assert self._heard(call, caller), _describe(call, w)
         assert w.net.now >= saved
         # and no dialog of the call is wedged: a session refresh from the caller (a re-INVITE,
