@@ -30,7 +30,6 @@ from telephony.call.transfer import TInput, TState
 from telephony.sip.errors import SipError
 from telephony.sip.headers import new_tag
 from telephony.sip.message import Request
-from telephony.sip.sdp import SessionDescription
 from telephony.sip.transaction import Endpoint, TransactionKey
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ class AttendedTransfers:
             core._respond(req, 486, headers=(("Warning", '399 handoffd "transfer in progress"'),))
             return True
         try:
-            offer = _offer(req)
+            offer = sdp_of(req)  # None: a delayed offer, answered in the ACK to our 200
             media = core.media.open(f"consult/{call.id}")
         except SipError as err:
             core._respond(req, err.status)
@@ -66,7 +65,8 @@ class AttendedTransfers:
         if call.dispatcher is not None and call.dispatcher.flow is not None:
             leg.flow = source  # the registered phone's consult call: answer it where it is
         leg.invite_key = key
-        leg.learn_sdp(offer)
+        if offer is not None:
+            leg.learn_sdp(offer)
         call.legs.append(leg)
         call.consult = leg
         core._server_invites[key] = leg
@@ -177,10 +177,3 @@ class AttendedTransfers:
             ):
                 return leg
         return None
-
-
-def _offer(req: Request) -> SessionDescription:
-    offer = sdp_of(req)
-    if offer is None:
-        raise SipError("SDP offer required", 488)
-    return offer

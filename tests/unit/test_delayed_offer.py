@@ -124,3 +124,27 @@ def test_an_update_without_a_body_is_a_refresh_answered_200(tmp_path: Path) -> N
     assert not [r for r in w.disp1.requests if r.method == "UPDATE"]
     assert not [r for r in w.caller.requests if r.method == "UPDATE"]
     assert len(w.core.calls) == 1 and w.bridged_to(w.disp1)
+
+
+def test_a_consult_call_without_sdp_reaches_988_and_gets_the_offer_in_the_200(
+    tmp_path: Path,
+) -> None:
+    """The dispatcher's phone starts its attended transfer with a delayed-offer INVITE to 988
+    through us: 988 is dialled with the caller's offer as for any consult call, the phone's 200
+    carries the 988 answer as our offer, and its ACK's answer is taken."""
+    w = World(tmp_path)
+    w.connect()
+    call = next(iter(w.core.calls.values()))
+    dialog_a = w.disp1.dialog
+    w.disp1.dialog = None
+    w.disp1.call(HANDOFFD, "988", body=b"")
+    w.net.advance(2.0)
+    assert w.disp1.statuses()[-1] == 200, w.disp1.statuses()
+    consult = call.consult
+    assert consult is not None and call.destination is not None
+    ok = [r for r in w.disp1.responses if r.status == 200 and r.cseq.method == "INVITE"][-1]
+    assert _audio(ok.body)[0] == consult.media.rtp_port
+    assert w.disp1.acks[-1].body
+    assert consult.media.remote == ("127.0.0.1", w.disp1.ep.port + 1000)  # type: ignore[attr-defined]
+    assert w.media.partner(consult.media) is call.destination.media  # type: ignore[arg-type]
+    w.disp1.dialog = dialog_a
