@@ -32,6 +32,7 @@ from telephony.media.dtmf import DigitDetector
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
 from telephony.observe import Observer
+from telephony.registrations import BindingStore
 from telephony.routing import RulesError, load_rules
 from telephony.sip.errors import SipError
 from telephony.sip.transaction import Endpoint, Event, TimerConfig
@@ -156,6 +157,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._preload: asyncio.Future[Any] | None = None
+        self.bindings: BindingStore | None = None  # registrations kept in Redis
         self.ready = False
         self.http_port = 0
         self.sip_endpoints: list[Endpoint] = []
@@ -203,6 +205,9 @@ class Daemon:
             self.collector.drive(loop, idle=lambda: self.core is None or not self.core.calls)
         self.ready = True
         self._preload = loop.run_in_executor(None, importlib.import_module, MIXER_MODULE)
+        if self.config.registrar.store and self.core.registrar.machine.positions:
+            self.bindings = BindingStore(self.config.redis_url, self.config.records.key_prefix)
+            self.bindings.attach(self.core.registrar, self.call_core)
         log.info(
             "handoffd serving SIP on %s, HTTP on %s:%d",
             ", ".join(f"{e.transport}:{e.host}:{e.port}" for e in self.sip_endpoints),
@@ -235,6 +240,8 @@ class Daemon:
             self._timer.cancel()
         if self.collector is not None:
             self.collector.stop()
+        if self.bindings is not None:
+            await self.bindings.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.stack.close()

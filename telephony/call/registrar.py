@@ -29,7 +29,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import Enum
@@ -356,6 +356,34 @@ class Registrar:
     def _of(self, position: str) -> list[Binding]:
         return [b for b in self._bindings.values() if b.position == position]
 
+    def live(self, position: str) -> list[Binding]:
+        """The bindings of ``position`` themselves (to store them; do not change them)."""
+        return self._of(position)
+
+    def restore(self, kept: Iterable[Binding], now: float) -> int:
+        """Bindings kept from before a restart (``telephony/registrations.py``): each one of a
+        position we still serve, not expired at ``now`` and not registered again meanwhile is
+        taken back, reachable until its first qualify (due within a second) says otherwise.
+        Ids are given here. Returns how many were taken."""
+        taken = 0
+        for b in kept:
+            have = self._of(b.position)
+            if (
+                b.position not in self.positions
+                or b.expires_at <= now
+                or len(have) >= self.config.max_contacts
+                or any(contact_key(x.uri) == contact_key(b.uri) for x in have)
+            ):
+                continue
+            b.id, b.updated_at, b.state = next(self._ids), now, Reach.REACHABLE
+            interval = self.config.qualify_interval
+            b.next_qualify = now + min(1.0, interval) if interval else None
+            b.pending_seq = b.pending_deadline = None
+            self._bindings[b.id] = b
+            taken += 1
+        self._dirty = self._dirty or taken > 0
+        return taken
+
     # -- REGISTER -----------------------------------------------------------------------------
 
     def register(self, request: Request, source: Endpoint, now: float) -> RegisterReply:
@@ -615,6 +643,8 @@ class PositionRegistrar:
     def __init__(self, core: B2bua, *, secret: bytes | None = None) -> None:
         self.core = core
         self.machine = Registrar(core.config.registrar, core.config.positions, secret=secret)
+        #: told the position's name whenever its bindings change (the daemon stores them)
+        self.on_change: Callable[[str], None] | None = None
 
     def on_register(self, request: Request, source: Endpoint) -> None:
         core = self.core
@@ -651,8 +681,12 @@ class PositionRegistrar:
         for ev in self.machine.events():
             if isinstance(ev, QualifyDue):
                 self._qualify(ev)
-            else:
-                _log(ev)
+                continue
+            _log(ev)
+            if self.on_change is not None and isinstance(
+                ev, ContactRegistered | ContactRefreshed | ContactRemoved
+            ):
+                self.on_change(ev.position)
 
     def _qualify(self, due: QualifyDue) -> None:
         core = self.core

@@ -44,6 +44,7 @@ REGISTRAR_KEYS = (
     "nonce_ttl",
     "algorithms",
     "require_qop",
+    "store",
 )
 PROBE_KEYS = ("interval", "timeout", "down_after", "up_after")
 RECORDS_KEYS = (
@@ -200,6 +201,8 @@ class RegistrarConfig:
     algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     #: refuse the RFC 2069 digest without qop (replayable until the nonce expires)
     require_qop: bool = True
+    #: keep the bindings in Redis so a restart does not lose them (telephony/registrations.py)
+    store: bool = True
 
 
 @dataclass(frozen=True, slots=True)

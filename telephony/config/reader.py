@@ -620,8 +620,9 @@ class _Reader:
             return None
         alg = tuple(algorithms) or d.algorithms
         qop = self._bool(m, "registrar.require_qop", d.require_qop)
+        store = self._bool(m, "registrar.store", d.store)
         return RegistrarConfig(
-            realm, low, high, default, contacts, interval, timeout, ttl, alg, qop
+            realm, low, high, default, contacts, interval, timeout, ttl, alg, qop, store
         )
 
     # -- the rest ------------------------------------------------------------------------------

@@ -22,11 +22,14 @@ offers MD5 alone here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from telephony.call.registrar import Reach
 from telephony.config import load_config
@@ -287,3 +290,96 @@ async def test_qualify_finds_a_vanished_phone_and_calls_go_to_the_uri(
         caller = await call_911(tmp_path, ports, "disp-4")
         _ok(caller, "caller")
         _ok(await desk.wait(30), "the configured uri")
+
+
+async def test_a_restart_keeps_the_registrations_in_redis(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    """A phone registers, handoffd stops and a new one starts on the same Redis: the new one
+    knows the phone at once (no REGISTER in between) and its 911 call reaches it at the
+    REGISTER's source. Then the phone unregisters and the stored binding goes too."""
+    r = aioredis.from_url(redis_server.url, decode_responses=True)
+    key = "handoff:registrations:disp-3"
+    phone_port, nat_port = free_port(), free_port()
+    try:
+        async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY):
+            res = await register(
+                tmp_path, ports, phone_port=phone_port, contact=f"127.0.0.1:{nat_port}"
+            )
+            _ok(res, "register")
+            await _until(lambda: r.exists(key), "the binding stored")
+        stored = json.loads(await r.get(key))
+        assert [(b["contact"], b["source"]) for b in stored] == [
+            (f"<sip:disp-3@127.0.0.1:{nat_port}>", ["udp", "127.0.0.1", phone_port])
+        ]
+        assert 0 < await r.pttl(key) <= 600_000  # expires with the binding
+
+        async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+            assert d.core is not None and d.bindings is not None
+            store = d.bindings
+            await _until(lambda: store.restored == 1, "the binding restored")
+            [b] = d.core.registrar.machine.bindings("disp-3")
+            assert b.source == Endpoint("udp", "127.0.0.1", phone_port)
+            work = tmp_path / "phone"
+            work.mkdir()
+            phone = await start_sipp(
+                "uas-dispatcher", workdir=work, local_port=phone_port, calls=1, timeout_s=30
+            )
+            await asyncio.sleep(0.3)
+            caller = await call_911(tmp_path, ports, "2003")
+            answered = await phone.wait(30)
+            _ok(caller, "caller")
+            _ok(answered, "the phone registered before the restart")
+            assert answered.count("SuccessfulCall(C)") == 1
+            [call] = (await settled(d)).ended.values()
+            assert call.position is not None and call.position.name == "disp-3"
+
+            res = await register(
+                tmp_path, ports, phone_port=phone_port, contact=f"127.0.0.1:{nat_port}", expires=0
+            )
+            # 200 with no Contact left: uac-register counts it Registered, then fails its check
+            # that the 200 lists the contact with ;expires= (right for a registration only)
+            assert res.count("Registered(C)") == 1, res.stdout[-1500:]
+            assert not d.core.registrar.machine.bindings("disp-3")
+
+            async def gone() -> bool:
+                return not await r.exists(key)
+
+            await _until(gone, "the stored binding removed")
+    finally:
+        await r.aclose()
+
+
+async def _until(check: Callable[[], Any], what: str, limit: float = 5.0) -> None:
+    """Wait until ``check()`` (a value or an awaitable) is true, at most ``limit`` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while asyncio.get_running_loop().time() < deadline:
+        value = check()
+        if await value if asyncio.iscoroutine(value) else value:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {limit} s: {what}")
+
+
+async def test_registrations_made_while_redis_is_down_are_stored_when_it_returns(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    """Redis is stopped (for real) before handoffd starts: the phone still registers and gets its
+    calls' routing; once redis-server runs again the binding is written without a new REGISTER."""
+    redis_server.stop()
+    async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+        assert d.core is not None and d.bindings is not None
+        phone_port = free_port()
+        res = await register(tmp_path, ports, phone_port=phone_port, contact="127.0.0.1:5999")
+        _ok(res, "register while Redis is down")
+        assert len(d.core.registrar.machine.bindings("disp-3")) == 1
+        await asyncio.sleep(0.5)
+        assert d.bindings.written == 0
+        redis_server.start()
+        r = aioredis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await _until(lambda: r.exists("handoff:registrations:disp-3"), "stored after", 10.0)
+            [item] = json.loads(await r.get("handoff:registrations:disp-3"))
+            assert item["source"] == ["udp", "127.0.0.1", phone_port]
+        finally:
+            await r.aclose()
