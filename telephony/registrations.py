@@ -38,7 +38,7 @@ from telephony.sip.transaction import Endpoint
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from telephony.call.registrar import PositionRegistrar
+    from telephony.call.positions import PositionRegistrar
 
 log = logging.getLogger("telephony.registrar")
 

@@ -40,7 +40,7 @@ from telephony.call.legs import (
 from telephony.call.metadata import CallMetadata, capture, outbound_body, outbound_headers
 from telephony.call.offers import Offers
 from telephony.call.ports import MediaPort, SipPort, Timers
-from telephony.call.registrar import PositionRegistrar
+from telephony.call.positions import PositionRegistrar
 from telephony.call.transfer import TInput, Transfer, TState
 from telephony.call.warm import WarmTransfers
 from telephony.routing.model import MetadataPolicy
