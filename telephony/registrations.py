@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from telephony.call.registrar import Binding
 from telephony.recording import store as records_store
+from telephony.sip.errors import SipError
 from telephony.sip.headers import parse_name_addr
 from telephony.sip.transaction import Endpoint
 
@@ -60,20 +61,31 @@ def to_json(b: Binding, wall_offset: float) -> dict[str, Any]:
 
 
 def from_json(position: str, item: Any, wall_offset: float) -> Binding:
-    """A stored binding of ``position`` back (ValueError, KeyError, TypeError when it is not
-    one); its id and state are set by ``Registrar.restore``."""
-    transport, host, port = item["source"]
-    return Binding(
-        0,
-        position,
-        parse_name_addr(str(item["contact"])),
-        Endpoint(str(transport), str(host), int(port)),
-        str(item["call_id"]),
-        int(item["cseq"]),
-        int(item["expires_ms"]) / 1000 - wall_offset,
-        0.0,
-        float(item["q"]),
-    )
+    """A stored binding of ``position`` back; its id and state are set by
+    ``Registrar.restore``. Raises ValueError when ``item`` is not one."""
+    try:
+        transport, host, port = item["source"]
+        return Binding(
+            0,
+            position,
+            parse_name_addr(str(item["contact"])),
+            Endpoint(str(transport), str(host), int(port)),
+            str(item["call_id"]),
+            int(item["cseq"]),
+            int(item["expires_ms"]) / 1000 - wall_offset,
+            0.0,
+            float(item["q"]),
+        )
+    except (ValueError, KeyError, TypeError, IndexError, SipError) as err:
+        raise ValueError(f"not a stored binding: {err}") from None
+
+
+def decode(position: str, raw: str | bytes, wall_offset: float) -> list[Binding]:
+    """A position's stored value back into bindings; ValueError when any part is unusable."""
+    items = json.loads(raw)
+    if not isinstance(items, list):
+        raise ValueError("not a list of bindings")
+    return [from_json(position, item, wall_offset) for item in items]
 
 
 class BindingStore:
@@ -165,8 +177,8 @@ class BindingStore:
             if raw is None:
                 continue
             try:
-                kept.extend(from_json(name, item, offset) for item in json.loads(raw))
-            except (ValueError, KeyError, TypeError) as err:
+                kept.extend(decode(name, raw, offset))
+            except ValueError as err:  # json's errors are ValueErrors too
                 log.warning("registrations: stored bindings of %s unusable: %s", name, err)
         self.restored = self._call_core(reg.machine.restore, kept, core.now)
         if kept:

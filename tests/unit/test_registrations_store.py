@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from telephony.call.registrar import Reach
-from telephony.registrations import from_json, to_json
+from telephony.registrations import decode, from_json, to_json
 from telephony.sip.transaction import Endpoint
 from tests.unit.test_registrar import CONFIG, NOW, PHONE, machine, signed
 
@@ -73,3 +76,64 @@ def test_the_stored_form_holds_no_secret_and_names_the_register_source() -> None
     assert item["source"] == ["udp", "127.0.0.1", 5080]
     assert "pw3" not in json.dumps(item)
     assert from_json("disp-3", item, OFFSET).source == Endpoint("udp", "127.0.0.1", 5080)
+
+
+_VALUE = st.one_of(
+    st.text(max_size=40),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.none(),
+    st.lists(st.one_of(st.text(max_size=12), st.integers(0, 70000)), max_size=4),
+)
+#: every field present, any value: the closest a damaged key comes to a real one
+_WHOLE = st.lists(
+    st.fixed_dictionaries(
+        {k: _VALUE for k in ("contact", "source", "call_id", "cseq", "q", "expires_ms")}
+    ),
+    max_size=3,
+).map(json.dumps)
+
+
+@settings(max_examples=300, deadline=None)
+@example(
+    json.dumps(
+        [
+            {
+                "contact": "<sip:no-close",
+                "source": ["udp", "h", 1],
+                "call_id": "c",
+                "cseq": 1,
+                "q": 1,
+                "expires_ms": 1,
+            }
+        ]
+    )
+)
+@given(
+    st.one_of(
+        _WHOLE,
+        st.text(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["contact", "source", "call_id", "cseq", "q", "expires_ms"])
+                    | st.text(max_size=8),
+                    inner,
+                    max_size=7,
+                )
+            ),
+            max_leaves=20,
+        ).map(json.dumps),
+    )
+)
+def test_whatever_is_stored_decodes_or_is_refused_with_value_error(raw: str) -> None:
+    """A key damaged by hand, an older format, anything: bindings or ValueError, nothing that
+    would stop the store's task (it restores what it can and logs the rest)."""
+    try:
+        kept = decode("disp-3", raw, OFFSET)
+    except ValueError:
+        return
+    assert all(b.position == "disp-3" for b in kept)
+    machine().restore(kept, NOW)  # and whatever decoded can be offered to the registrar
