@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from telephony.call.attended import AttendedTransfers
 from telephony.call.cold import ColdTransfers, phase_of, triage_level
-from telephony.call.dtmf import FeatureCodes
+from telephony.call.dtmf import FeatureCodes, parse_dtmf_info
 from telephony.call.legs import (
     DELAYED_OFFER,
     Leg,
@@ -99,6 +99,7 @@ class Call:
     ringing_sent: bool = False
     legs: list[Leg] = field(default_factory=list)
     keys: FeatureCodes | None = None  # the dispatcher's feature codes (DTMF), when watched
+    keys_by_info: bool = False  # its phone has no telephone-event: keys come as SIP INFO
     consult: Leg | None = None  # the dispatcher phone's own call to 988 (attended transfer)
 
     def partner(self, leg: Leg) -> Leg | None:
@@ -692,11 +693,15 @@ class B2bua:
         self.attended.phone_answered(call, leg)
 
     def _watch_keys(self, call: Call, leg: Leg) -> None:
-        """Feature codes from the dispatcher's phone, when its leg has telephone-event."""
+        """Feature codes from the dispatcher's phone: from the media when its leg has
+        telephone-event, else from its SIP INFO (``_in_dialog``)."""
         codes = self.config.dtmf.codes()
+        if not codes:
+            return
+        call.keys = FeatureCodes(codes, self.config.dtmf.digit_timeout)
         event_pt = mix_formats(leg)[1]
-        if codes and event_pt is not None:
-            call.keys = FeatureCodes(codes, self.config.dtmf.digit_timeout)
+        call.keys_by_info = event_pt is None
+        if event_pt is not None:
             self.media.watch_keys(leg.media, event_pt, call.id)
 
     def on_key(self, call_id: str, pressed: str, now: float) -> None:
@@ -769,6 +774,10 @@ class B2bua:
             self.cold.on_refer(call, leg, req)
         elif method in ("OPTIONS", "INFO", "NOTIFY"):
             self._respond(req, 200)
+            if method == "INFO" and leg is call.dispatcher and call.keys_by_info:
+                key = parse_dtmf_info(req.headers.get("content-type"), req.body)
+                if key is not None:
+                    self.on_key(call.id, key, self.now)
         else:
             self._respond(req, 405, headers=(("Allow", ALLOW),))
 
