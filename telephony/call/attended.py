@@ -36,11 +36,17 @@ if TYPE_CHECKING:
     from telephony.call.b2bua import B2bua, Call
 
 
+#: calls on one phone address past which ended ones are swept out at each power of two
+PRUNE_AT = 64
+
+
 class AttendedTransfers:
     def __init__(self, core: B2bua) -> None:
         self.core = core
-        #: dispatcher phone address -> the ids of its calls with us, in the order answered
-        self._phones: dict[tuple[str, int], list[str]] = {}
+        #: dispatcher phone address -> the ids of its calls with us, in the order answered (a
+        #: dict as an ordered set: O(1) to add and remove, however many calls one address
+        #: carries, e.g. a PBX in front of many positions)
+        self._phones: dict[tuple[str, int], dict[str, None]] = {}
 
     # -- 2. the consult call ----------------------------------------------------------------
 
@@ -97,15 +103,20 @@ class AttendedTransfers:
         """Remember where the dispatcher's phone on ``call`` talks from (its address and its
         Contact's): a new INVITE from there is its consult call."""
         for hop in (leg.dest, leg.request_dest()):
-            ids = self._phones.setdefault((hop.host, hop.port), [])
-            ids[:] = [i for i in ids if i in self.core.calls and i != call.id]  # ended: gone
-            ids.append(call.id)
+            ids = self._phones.setdefault((hop.host, hop.port), {})
+            ids.pop(call.id, None)
+            ids[call.id] = None
+            if len(ids) > PRUNE_AT and len(ids) & (len(ids) - 1) == 0:
+                # at each power of two: drop any call that ended without phone_gone (a guard,
+                # amortised O(1); phone_gone normally keeps this exact)
+                for stale in [i for i in ids if i not in self.core.calls]:
+                    del ids[stale]
 
     def phone_gone(self, leg: Leg) -> None:
         for hop in (leg.dest, leg.request_dest()):
             ids = self._phones.get((hop.host, hop.port))
-            if ids is not None and leg.call_tag in ids:
-                ids.remove(leg.call_tag)
+            if ids is not None:
+                ids.pop(leg.call_tag, None)
                 if not ids:
                     del self._phones[hop.host, hop.port]
 

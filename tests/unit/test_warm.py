@@ -16,7 +16,7 @@ from telephony.call.b2bua import Call
 from telephony.call.transfer import TState
 from telephony.sip.errors import SipError
 from tests.unit.callnet import Peer, sdp
-from tests.unit.test_b2bua import HANDOFFD, World
+from tests.unit.test_b2bua import CALLER_HEADERS, HANDOFFD, World
 from tests.unit.test_record_events import recording
 
 
@@ -414,3 +414,22 @@ def test_a_consult_call_belongs_to_the_call_the_phone_put_on_hold_last(tmp_path:
     assert a.transfer is not None and a.transfer.trigger == "attended"
     assert b.transfer is None and b.consult is None
     assert w.primary.invites[0].headers.get("p-asserted-identity") == "<tel:+18055550123>"
+
+
+def test_the_phone_index_follows_many_calls_on_one_address(tmp_path: Path) -> None:
+    """Every answered call of one phone address is indexed (for its consult INVITE) and
+    dropped again when it ends, however many there are at once (a PBX in front of positions)."""
+    w = World(tmp_path)
+    callers = [Peer(w.net, f"caller{i}", 5100 + i) for i in range(6)]
+    for c in callers:
+        c.call(HANDOFFD, "disp-1", CALLER_HEADERS)
+        w.net.advance(1.0)
+    assert len(w.core.calls) == 6
+    index = w.core.attended._phones
+    at = ("127.0.0.1", w.disp1.ep.port)
+    assert list(index[at]) == list(w.core.calls)  # in the order answered
+    for c in callers:
+        c.in_dialog("BYE", HANDOFFD)
+        w.net.advance(1.0)
+        assert len(index.get(at, ())) == len(w.core.calls)
+    assert not w.core.calls and at not in index
