@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from telephony.collector import FULL_IDLE_S, FULL_MAX_S, YOUNG, Collector
+from telephony.collector import (
+    FULL_IDLE_S,
+    FULL_MAX_S,
+    QUIET_AFTER,
+    SAMPLE_EVERY,
+    YOUNG,
+    Collector,
+)
 from tests.unit.test_b2bua import HANDOFFD, World
 
 
@@ -42,6 +49,38 @@ def test_a_young_pass_runs_when_due_and_freezes_its_survivors(collector: Collect
     assert collector.young()
     assert gc.get_freeze_count() >= before + len(kept)
     assert gc.get_count()[0] < 10 and collector.young_passes == 1
+
+
+def test_quiet_after_empty_passes_sampled_and_back_on_the_first_cycle(
+    collector: Collector,
+) -> None:
+    """After QUIET_AFTER passes that found nothing, due ticks only freeze, one in SAMPLE_EVERY
+    still collects; a sample that finds a cycle brings back a pass at every due tick."""
+    keep: list[list[Node]] = []
+    gc.collect(0)  # whatever the test run left in the young generation is not this test's
+
+    def due() -> None:
+        keep.append([Node() for _ in range(YOUNG)])  # survivors: the pass finds no garbage
+
+    for _ in range(QUIET_AFTER):
+        due()
+        assert collector.young()
+    assert collector.young_passes == QUIET_AFTER and collector.freezes == 0
+    for _ in range(SAMPLE_EVERY - 1):  # quiet: freezes only
+        due()
+        assert collector.young()
+    assert collector.young_passes == QUIET_AFTER and collector.freezes == SAMPLE_EVERY - 1
+    # the sample: a pass again, and this one finds a cycle
+    due()
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    del a, b
+    assert collector.young()
+    assert collector.young_passes == QUIET_AFTER + 1
+    for _ in range(3):  # not quiet any more: every due tick collects
+        due()
+        assert collector.young()
+    assert collector.young_passes == QUIET_AFTER + 4 and collector.freezes == SAMPLE_EVERY - 1
 
 
 def test_a_cycle_that_got_frozen_is_found_by_the_full_pass(collector: Collector) -> None:
