@@ -180,7 +180,9 @@ class BindingStore:
                 kept.extend(decode(name, raw, offset))
             except ValueError as err:  # json's errors are ValueErrors too
                 log.warning("registrations: stored bindings of %s unusable: %s", name, err)
-        self.restored = self._call_core(reg.machine.restore, kept, core.now)
+        # the loop's clock, the call layer's time base (``core.now`` is the last event's time)
+        now = asyncio.get_running_loop().time()
+        self.restored = self._call_core(reg.machine.restore, kept, now)
         if kept:
             log.info("registrations: %d of %d stored bindings restored", self.restored, len(kept))
         self._dirty.update(names)  # what was not taken back leaves the store too
