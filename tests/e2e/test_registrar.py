@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -383,3 +384,34 @@ async def test_registrations_made_while_redis_is_down_are_stored_when_it_returns
             assert item["source"] == ["udp", "127.0.0.1", phone_port]
         finally:
             await r.aclose()
+
+
+async def test_a_stored_binding_that_expired_while_handoffd_was_down_is_not_restored(
+    tmp_path: Path, ports: Ports, redis_server: RedisServer
+) -> None:
+    """Keys are written to expire with their bindings, but a key left by hand (or a clock
+    step) may outlive them: what expired before the start is dropped, and the key with it."""
+    r = aioredis.from_url(redis_server.url, decode_responses=True)
+    key = "handoff:registrations:disp-3"
+    now_ms = int(time.time() * 1000)
+    stale = {
+        "contact": "<sip:disp-3@127.0.0.1:5999>",
+        "source": ["udp", "127.0.0.1", 5999],
+        "call_id": "old",
+        "cseq": 2,
+        "q": 1.0,
+        "expires_ms": now_ms - 60_000,
+    }
+    live = {**stale, "contact": "<sip:disp-3@127.0.0.1:5998>", "expires_ms": now_ms + 600_000}
+    try:
+        await r.set(key, json.dumps([stale, live]))
+        async with handoffd(tmp_path, ports, redis_server, NO_QUALIFY) as d:
+            assert d.core is not None and d.bindings is not None
+            store = d.bindings
+            await _until(lambda: store.written >= 1, "restored and rewritten")
+            [b] = d.core.registrar.machine.bindings("disp-3")
+            assert b.contact == "sip:disp-3@127.0.0.1:5998" and store.restored == 1
+            [item] = json.loads(await r.get(key))
+            assert item["contact"] == "<sip:disp-3@127.0.0.1:5998>"
+    finally:
+        await r.aclose()
