@@ -22,7 +22,7 @@ from telephony.routing.model import (
 )
 from telephony.sip.errors import SipError
 from telephony.sip.headers import new_tag, valid_text
-from telephony.sip.message import Request
+from telephony.sip.message import Request, reason_phrase
 
 if TYPE_CHECKING:
     from telephony.call.b2bua import B2bua, Call
@@ -296,25 +296,30 @@ class ColdTransfers:
             if name.lower() not in _NOT_EMBEDDABLE
         )
         triage_value = target.uri.header(call.trunk.triage_header)
+        accepted = (("Contact", str(self.core._contact(leg.dest.transport))),)
+        # the 988 INVITE first (it is what the caller waits for), then the 202, then the
+        # NOTIFYs: none may go before the 202, so none is sent from inside start()
+        call.notify_leg = None
         try:
-            self.core._respond(
-                req, 202, headers=(("Contact", str(self.core._contact(leg.dest.transport))),)
-            )
-            call.notify_leg = leg
-            self.start(
+            t = self.start(
                 call,
                 "refer",
                 called=target.uri.user or "",
                 triage=triage_level(unquote(triage_value) if triage_value else None),
                 extra=embedded,
             )
-            # after the 988 INVITE is out (it is what the caller waits for); not if the
-            # transfer already ended and sent its final NOTIFY
-            if call.notify_leg is leg:
-                self._notify(call, 100, "Trying", final=False)
         except SipError as err:
+            self.core._respond(req, 202, headers=accepted)
+            call.notify_leg = leg
             self._notify(call, err.status, err.reason, final=True)
-            call.notify_leg = None
+            return
+        self.core._respond(req, 202, headers=accepted)
+        call.notify_leg = leg
+        if t.done:  # every destination refused at once (e.g. no media port): say how it ended
+            status = t.sip_status or 500
+            self._notify(call, status, reason_phrase(status), final=True)
+        else:
+            self._notify(call, 100, "Trying", final=False)
 
     def _notify(self, call: Call, status: int, reason: str, *, final: bool) -> None:
         leg = call.notify_leg

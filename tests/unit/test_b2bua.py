@@ -428,3 +428,51 @@ def test_prober_marks_dead_destination_down_and_transfer_skips_it(tmp_path: Path
     w.net.advance(5.0)
     assert w.core.down == set()
     assert prober.on_change[-1] == ("988-primary", True)
+
+
+def test_a_refer_puts_the_988_invite_on_the_wire_before_its_202_and_the_202_before_notify(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path)
+    w.primary.mode = "ring"
+    w.connect()
+    w.net.log.clear()
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1>"),))
+    w.net.advance(0.5)
+    order = [
+        line.split()[0] + (" " + line.split()[1] if line.startswith("SIP/") else "")
+        for _, hop, line in w.net.log
+        if hop.startswith("handoffd->")
+    ]
+    invite = order.index("INVITE")  # to 988: the first thing handoffd sends
+    accepted = order.index("SIP/2.0 202")
+    assert invite < accepted < order.index("NOTIFY"), order
+    notifies = [r for r in w.disp1.requests if r.method == "NOTIFY"]
+    assert [n.body.split(b"\r\n")[0] for n in notifies] == [
+        b"SIP/2.0 100 Trying",
+        b"SIP/2.0 180 Ringing",
+    ]
+
+
+def test_a_refer_whose_every_destination_fails_at_once_gets_202_then_the_final_notify(
+    tmp_path: Path,
+) -> None:
+    """No media port for any 988 leg (the transfer ends inside the REFER's handling): the
+    phone still gets 202 first, then one final NOTIFY with the failure, and keeps the caller."""
+    w = World(tmp_path)
+    w.connect()
+    real_open = w.media.open
+
+    def no_ports(label: str) -> object:
+        if label.startswith("destination/"):
+            raise SipError("no media port", 503)
+        return real_open(label)
+
+    w.media.open = no_ports  # type: ignore[method-assign,assignment]
+    w.disp1.in_dialog("REFER", HANDOFFD, headers=(("Refer-To", "<sip:988@127.0.0.1>"),))
+    w.net.advance(0.5)
+    assert [r.status for r in w.disp1.responses if r.cseq.method == "REFER"] == [202]
+    notifies = [r for r in w.disp1.requests if r.method == "NOTIFY"]
+    assert len(notifies) == 1 and notifies[0].body.startswith(b"SIP/2.0 503 ")
+    assert "terminated" in (notifies[0].headers.get("subscription-state") or "")
+    assert w.bridged_to(w.disp1)
