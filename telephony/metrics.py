@@ -52,6 +52,7 @@ class MetricSources(Protocol):
     def spool_dropped(self) -> int: ...
     def sip_messages(self) -> Mapping[tuple[str, str], int]: ...
     def rtp_packets(self) -> Mapping[str, int]: ...
+    def registered_contacts(self) -> Mapping[tuple[str, str], int]: ...
 
 
 class _Live(Collector):
@@ -105,6 +106,14 @@ class _Live(Collector):
         for direction, n in sorted(s.rtp_packets().items()):
             rtp.add_metric([direction], n)
         yield rtp
+        reg = GaugeMetricFamily(
+            "handoff_registered_contacts",
+            "Softphone contacts registered for a position, by reachability (qualify)",
+            labels=["position", "state"],
+        )
+        for (position, state), n in sorted(s.registered_contacts().items()):
+            reg.add_metric([position, state], n)
+        yield reg
 
 
 class Metrics:

@@ -204,6 +204,18 @@ class Observer:
     def sip_messages(self) -> Mapping[tuple[str, str], int]:
         return {} if self._stack is None else {**_SIP_ZERO, **self._stack.messages}
 
+    def registered_contacts(self) -> Mapping[tuple[str, str], int]:
+        """Per position with credentials: its contacts reachable and unreachable (0 and 0
+        when none is registered, so that a phone going away shows as a drop to 0)."""
+        if self._core is None:
+            return {}
+        machine = self._core.registrar.machine
+        out = {(p, s): 0 for p in machine.positions for s in ("reachable", "unreachable")}
+        for p in machine.positions:
+            for b in machine.bindings(p):
+                out[p, b.state.value] += 1
+        return out
+
     def rtp_packets(self) -> Mapping[str, int]:
         if self._relay is None:
             return {}

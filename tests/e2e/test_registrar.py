@@ -139,6 +139,9 @@ async def test_registered_phone_receives_the_911_call_at_its_register_source(
         [b] = d.core.registrar.machine.bindings("disp-3")
         assert b.contact == f"sip:disp-3@127.0.0.1:{nat_port}"
         assert b.source == Endpoint("udp", "127.0.0.1", phone_port)
+        scraped = d.observer.metrics.render().decode()
+        assert 'handoff_registered_contacts{position="disp-3",state="reachable"} 1.0' in scraped
+        assert 'handoff_registered_contacts{position="disp-4",state="reachable"} 0.0' in scraped
         # the phone now listens where it registered from (same socket a real phone keeps)
         work = tmp_path / "phone"
         work.mkdir()

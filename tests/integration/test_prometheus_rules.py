@@ -58,6 +58,7 @@ FAMILIES = {
     "handoff_spool_dropped_total": "counter",
     "handoff_sip_messages_total": "counter",
     "handoff_rtp_packets_total": "counter",
+    "handoff_registered_contacts": "gauge",
     "handoff_rules_reload_total": "counter",
     "handoff_build_info": "gauge",
 }
@@ -138,6 +139,9 @@ class _Sources:
 
     def rtp_packets(self) -> dict[str, int]:
         return {"in": 500, "out": 498}
+
+    def registered_contacts(self) -> dict[tuple[str, str], int]:
+        return {("disp-3", "reachable"): 1, ("disp-3", "unreachable"): 0}
 
 
 def _event(kind: str, at_ms: int, **fields: Any) -> RecordEvent:

@@ -26,6 +26,7 @@ class Sources:
     dropped: int = 0
     sip: dict[tuple[str, str], int] = field(default_factory=dict)
     rtp: dict[str, int] = field(default_factory=dict)
+    registered: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def active_calls(self) -> int:
         return self.calls
@@ -50,6 +51,9 @@ class Sources:
 
     def rtp_packets(self) -> Mapping[str, int]:
         return self.rtp
+
+    def registered_contacts(self) -> Mapping[tuple[str, str], int]:
+        return self.registered
 
 
 def ev(kind: Any, after_ms: int, **kw: Any) -> RecordEvent:
@@ -154,3 +158,13 @@ def test_two_instances_do_not_share_a_registry() -> None:
     b = Metrics(Sources(), version="x", answer_interval=60)
     a.rules_reloaded(ok=True)
     assert value(b, "handoff_rules_reload_total", result="ok") == 0
+
+
+def test_registered_contacts_by_position_and_reachability() -> None:
+    src = Sources(registered={("disp-3", "reachable"): 2, ("disp-3", "unreachable"): 0})
+    m = Metrics(src, version="x", answer_interval=60)
+    g = "handoff_registered_contacts"
+    assert value(m, g, position="disp-3", state="reachable") == 2
+    assert value(m, g, position="disp-3", state="unreachable") == 0
+    src.registered = {("disp-3", "reachable"): 1, ("disp-3", "unreachable"): 1}
+    assert value(m, g, position="disp-3", state="unreachable") == 1  # read at each scrape
