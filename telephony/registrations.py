@@ -35,6 +35,7 @@ from telephony.recording import store as records_store
 from telephony.sip.errors import SipError
 from telephony.sip.headers import parse_name_addr
 from telephony.sip.transaction import Endpoint
+from telephony.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -127,7 +128,7 @@ class BindingStore:
                     await asyncio.wait_for(self._write_all(), timeout)
                 except records_store._FAILED:
                     log.warning("registrations: %d positions not stored", len(self._dirty))
-            task.cancel()
+            await cancel_and_wait(task)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -33,6 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from telephony.tasks import cancel_and_wait
+
 #: how long one blocking read waits (ms) before it is issued again
 BLOCK_MS = 2000
 #: entries per read
@@ -197,8 +199,7 @@ class _Reader:
         finally:
             waiter.cancel()
             if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))
+                await cancel_and_wait(task)
         if task.cancelled() or (task.exception() is not None and stop.is_set()):
             return _STOPPED
         return task.result()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from telephony.config import Config
 from telephony.recording.events import RecordEvent, utf8
 from telephony.recording.spool import BATCH_INTERVAL, Spool
+from telephony.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -300,10 +301,7 @@ class Recorder:
                 break  # all in Redis, or Redis is down: no use waiting
             await asyncio.sleep(0.01)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         self._spill()  # in-flight batch and queue: to the spool, in order
         if self.spool is not None:
