@@ -126,7 +126,7 @@ class BindingStore:
             if self._dirty and self._client is not None:
                 try:
                     await asyncio.wait_for(self._write_all(), timeout)
-                except records_store._FAILED:
+                except records_store.FAILED:
                     log.warning("registrations: %d positions not stored", len(self._dirty))
             await cancel_and_wait(task)
         if self._client is not None:
@@ -137,15 +137,15 @@ class BindingStore:
 
     async def _run(self) -> None:
         try:
-            await asyncio.to_thread(records_store._load_redis)
-            self._client = records_store._new_client(self.redis_url)
+            await asyncio.to_thread(records_store.load_redis)
+            self._client = records_store.new_client(self.redis_url)
             await self._restore()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self._write_all()
-                except records_store._FAILED as err:
+                except records_store.FAILED as err:
                     if not self._down:  # once per outage, not at every retry
                         log.warning("registrations: not stored while Redis fails: %s", err)
                     self._down = True
@@ -168,7 +168,7 @@ class BindingStore:
             return
         try:
             values = await self._client.mget([self.prefix + n for n in names])
-        except records_store._FAILED as err:
+        except records_store.FAILED as err:
             log.warning("registrations: none restored, Redis: %s", err)
             return
         core = reg.core

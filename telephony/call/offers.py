@@ -95,8 +95,9 @@ class Offers:
         version, RFC 3264 §8), its answer coming in the ACK. The other party is not involved.
         The 2xx carries no Session-Expires: handoffd itself asks for no refreshes."""
         if req.method == "UPDATE":
-            contact = (("Contact", str(self.core._contact(leg.dest.transport))),)
-            self.core.sip.send_response(make_response(req, 200, headers=contact))
+            self.core._respond(
+                req, 200, headers=(("Contact", str(self.core._contact(leg.dest.transport))),)
+            )
             return
         if leg.sent_sdp is None:  # nothing was ever offered or answered here: nothing to re-offer
             self.core._respond(req, 488, headers=(("Warning", '399 handoffd "offer required"'),))

@@ -39,23 +39,25 @@ class _NotLoadedError(Exception):
 
 
 #: what a failed Redis operation raises, and a script Redis no longer knows: redis-py's classes
-#: once :func:`_load_redis` ran. redis-py is imported by the writer, in a worker thread, the
+#: once :func:`load_redis` ran. redis-py is imported by the writer, in a worker thread, the
 #: first time it connects (~0.1 s at startup otherwise; the daemon serves without waiting).
-_FAILED: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+#: Other Redis users of the daemon (telephony/registrations.py) read ``store.FAILED`` at the
+#: time of the ``except``, after their own :func:`load_redis`.
+FAILED: tuple[type[BaseException], ...] = (TimeoutError, OSError)
 _NO_SCRIPT: type[BaseException] = _NotLoadedError
 
 
-def _load_redis() -> None:
-    global _FAILED, _NO_SCRIPT  # noqa: PLW0603 (bound once, by the first connect)
+def load_redis() -> None:
+    global FAILED, _NO_SCRIPT  # noqa: PLW0603 (bound once, by the first connect)
     import redis.asyncio  # noqa: F401, PLC0415
     from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
 
-    _FAILED = (TimeoutError, RedisError, OSError)
+    FAILED = (TimeoutError, RedisError, OSError)
     _NO_SCRIPT = NoScriptError
 
 
-def _new_client(url: str) -> aioredis.Redis:
-    import redis.asyncio as aioredis  # noqa: PLC0415 (loaded by _load_redis already)
+def new_client(url: str) -> aioredis.Redis:
+    import redis.asyncio as aioredis  # noqa: PLC0415 (loaded by load_redis already)
     from redis.asyncio.retry import Retry  # noqa: PLC0415
     from redis.backoff import NoBackoff  # noqa: PLC0415
 
@@ -308,7 +310,7 @@ class Recorder:
             self.spool.flush()
             self.spool.close()
         if self._client is not None:
-            with contextlib.suppress(*_FAILED):
+            with contextlib.suppress(*FAILED):
                 await self._client.aclose()
             self._client = None
 
@@ -398,12 +400,12 @@ class Recorder:
 
     async def _connect(self) -> bool:
         if self._client is None:  # the first time: redis-py off the event loop, then a client
-            await asyncio.to_thread(_load_redis)
-            self._client = _new_client(self.redis_url)
+            await asyncio.to_thread(load_redis)
+            self._client = new_client(self.redis_url)
         client = self._client
         try:
             await asyncio.wait_for(client.script_load(APPLY_LUA), OP_TIMEOUT)
-        except _FAILED:
+        except FAILED:
             return False
         if self._down_seen:
             log.info("redis reachable again")
@@ -428,7 +430,7 @@ class Recorder:
                 if attempt == 2 or not await self._connect():
                     return False
                 continue
-            except _FAILED as exc:
+            except FAILED as exc:
                 log.debug("redis write failed: %r", exc)
                 self._up = False
                 return False
@@ -499,7 +501,7 @@ class Recorder:
             for name in ("calls:by_time", "transfers:by_time", "discrepancies:by_time"):
                 pipe.zremrangebyscore(f"{p}{name}", "-inf", f"({cutoff}")
             await asyncio.wait_for(pipe.execute(), OP_TIMEOUT)
-        except _FAILED:
+        except FAILED:
             pass  # next time
 
     async def _syncer(self) -> None:
