@@ -125,6 +125,24 @@ async def call_911(root: Path, ports: Ports, user: str, *, hold_ms: int = 1000) 
     return await run.wait(40)
 
 
+async def phone_answers_911(
+    root: Path, ports: Ports, phone_port: int, what: str
+) -> tuple[SippResult, SippResult]:
+    """The registered phone (uas-dispatcher on ``phone_port``, where it registered from) and a
+    911 call to its position (2003): both must end well; returns (caller, phone)."""
+    work = root / "phone"
+    work.mkdir()
+    phone = await start_sipp(
+        "uas-dispatcher", workdir=work, local_port=phone_port, calls=1, timeout_s=30
+    )
+    await asyncio.sleep(0.3)
+    caller = await call_911(root, ports, "2003")
+    answered = await phone.wait(30)
+    _ok(caller, "caller")
+    _ok(answered, what)
+    return caller, answered
+
+
 async def test_registered_phone_receives_the_911_call_at_its_register_source(
     tmp_path: Path, ports: Ports, redis_server: RedisServer
 ) -> None:
@@ -143,16 +161,7 @@ async def test_registered_phone_receives_the_911_call_at_its_register_source(
         assert 'handoff_registered_contacts{position="disp-3",state="reachable"} 1.0' in scraped
         assert 'handoff_registered_contacts{position="disp-4",state="reachable"} 0.0' in scraped
         # the phone now listens where it registered from (same socket a real phone keeps)
-        work = tmp_path / "phone"
-        work.mkdir()
-        phone = await start_sipp(
-            "uas-dispatcher", workdir=work, local_port=phone_port, calls=1, timeout_s=30
-        )
-        await asyncio.sleep(0.3)
-        caller = await call_911(tmp_path, ports, "2003")
-        answered = await phone.wait(30)
-        _ok(caller, "caller")
-        _ok(answered, "registered phone")
+        caller, answered = await phone_answers_911(tmp_path, ports, phone_port, "registered phone")
         assert caller.count("SuccessfulCall(C)") == 1
         assert answered.count("SuccessfulCall(C)") == 1 and answered.count("Bye(C)") == 1
         [call] = (await settled(d)).ended.values()
@@ -324,16 +333,9 @@ async def test_a_restart_keeps_the_registrations_in_redis(
             await _until(lambda: store.restored == 1, "the binding restored")
             [b] = d.core.registrar.machine.bindings("disp-3")
             assert b.source == Endpoint("udp", "127.0.0.1", phone_port)
-            work = tmp_path / "phone"
-            work.mkdir()
-            phone = await start_sipp(
-                "uas-dispatcher", workdir=work, local_port=phone_port, calls=1, timeout_s=30
+            _, answered = await phone_answers_911(
+                tmp_path, ports, phone_port, "the phone registered before the restart"
             )
-            await asyncio.sleep(0.3)
-            caller = await call_911(tmp_path, ports, "2003")
-            answered = await phone.wait(30)
-            _ok(caller, "caller")
-            _ok(answered, "the phone registered before the restart")
             assert answered.count("SuccessfulCall(C)") == 1
             [call] = (await settled(d)).ended.values()
             assert call.position is not None and call.position.name == "disp-3"

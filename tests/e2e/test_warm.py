@@ -119,44 +119,24 @@ async def test_warm_transfer_conference_then_complete(
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
 
 
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        # RFC 4733 events (SIPp's pcaps), *0 3.4 s after *8
+        "uas-dispatcher-dtmf",
+        # a phone in SIP INFO mode: no telephone-event in its SDP, application/dtmf-relay INFO
+        "uas-dispatcher-info-dtmf",
+    ],
+)
 async def test_feature_codes_from_the_dispatchers_phone_warm_then_complete(
-    tmp_path: Path, daemon: Daemon, ports: Ports
+    tmp_path: Path, daemon: Daemon, ports: Ports, scenario: str
 ) -> None:
-    """The dispatcher keys *8 (warm) then *0 (complete) as RFC 4733 events (SIPp's pcaps)."""
-    d988, disp, caller = await _three_parties(
-        tmp_path, ports, "uas-dispatcher-dtmf", "-mp", media_port()
-    )
+    """The dispatcher keys *8 (warm) then *0 (complete), 1 s after the answer and ~3 s apart,
+    as RFC 4733 events or as SIP INFO requests: the same warm transfer and completion."""
+    d988, disp, caller = await _three_parties(tmp_path, ports, scenario, "-mp", media_port())
     call = await _connected(daemon)
     seen: list[str] = []
-    for _ in range(200):  # *8 comes 1 s after the answer, *0 3.4 s later
-        t = call.transfer
-        if t is not None and (not seen or seen[-1] != t.state.value):
-            seen.append(t.state.value)
-        if t is not None and t.done:
-            break
-        await asyncio.sleep(0.05)
-    t = call.transfer
-    assert t is not None and t.trigger == "dtmf" and t.mode == "warm", seen
-    assert "conference" in seen and t.state.value == "completed", seen
-    res = await disp.wait(30)
-    assert res.returncode == 0 and res.count("Keyed(C)") == 1 and res.count("Bye(C)") == 1
-    res = await caller.wait(40)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
-    res = await d988.wait(20)
-    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
-
-
-async def test_feature_codes_sent_as_sip_info_warm_then_complete(
-    tmp_path: Path, daemon: Daemon, ports: Ports
-) -> None:
-    """A phone whose DTMF mode is SIP INFO (no telephone-event in its SDP) keys *8 then *0 as
-    application/dtmf-relay INFO requests: the same warm transfer and completion."""
-    d988, disp, caller = await _three_parties(
-        tmp_path, ports, "uas-dispatcher-info-dtmf", "-mp", media_port()
-    )
-    call = await _connected(daemon)
-    seen: list[str] = []
-    for _ in range(200):  # *8 comes 1 s after the answer, *0 3.2 s later
+    for _ in range(200):
         t = call.transfer
         if t is not None and (not seen or seen[-1] != t.state.value):
             seen.append(t.state.value)
