@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from telephony.sip import (
@@ -281,3 +281,70 @@ def test_diagram_has_one_edge_per_table_entry() -> None:
     edges = sum(1 for line in text.splitlines() if " --> " in line and "--> [*]" not in line)
     assert edges == sum(len(m.table) for m in MACHINES)
     assert SERVERS and CLIENTS
+
+
+class _Recorder:
+    """Stands in for a transaction in the core's timers: records what fires."""
+
+    def __init__(self, name: int, fired: list[tuple[float, int, Input]]) -> None:
+        self.name = name
+        self.timers: dict[Input, object] = {}
+        self.fired = fired
+
+    def handle(self, inp: Input, msg: object, src: object, now: float) -> None:
+        self.fired.append((now, self.name, inp))
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("arm"),
+            st.integers(0, 5),
+            st.sampled_from([Input.TIMER_A, Input.TIMER_B, Input.TIMER_K]),
+            st.sampled_from([0.0, 0.5, 1.0, 5.0, 32.0]),
+        ),
+        st.tuples(st.just("stop"), st.integers(0, 5)),
+        st.tuples(st.just("tick"), st.sampled_from([-2.0, -0.5, 0.0, 0.5, 1.0, 4.5, 6.0, 33.0])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+@example(
+    [("tick", 1.0), ("arm", 0, Input.TIMER_B, 5.0), ("tick", -0.5), ("arm", 1, Input.TIMER_B, 5.0)]
+)
+def test_timers_fire_like_one_ordered_list(ops: list[tuple[object, ...]]) -> None:
+    """Against a plain model (every armed timer in one list): the same timers fire, in
+    deadline order then the order armed, whatever the clock does (it may go back), stopped or
+    re-armed timers never fire, and get_timer() is always the earliest live deadline."""
+    fired: list[tuple[float, int, Input]] = []
+    core = TransactionCore(TimerConfig())
+    txs = [_Recorder(i, fired) for i in range(6)]
+    model: dict[tuple[int, Input], tuple[float, int]] = {}
+    expected: list[tuple[float, int, Input]] = []
+    now, seq = 0.0, 0
+    for op in ops:
+        if op[0] == "arm":
+            _, i, timer, delay = op
+            assert isinstance(i, int) and isinstance(timer, Input) and isinstance(delay, float)
+            core._arm(txs[i], timer, delay, now)  # type: ignore[arg-type]
+            seq += 1
+            model[i, timer] = (now + delay, seq)
+        elif op[0] == "stop":
+            i = op[1]
+            core._disarm_all(txs[i])  # type: ignore[arg-type]
+            model = {k: v for k, v in model.items() if k[0] != i}
+        else:
+            t = op[1]
+            assert isinstance(t, float)
+            now = max(0.0, now + t)  # a negative step is a clock that went back
+            due = sorted((v, k) for k, v in model.items() if v[0] <= now)
+            expected += [(now, k[0], k[1]) for _, k in due]
+            for _, k in due:
+                del model[k]
+            core.handle_timer(now)
+        live = min((v[0] for v in model.values()), default=None)
+        assert core.get_timer() == live
+        assert fired == expected
