@@ -238,6 +238,7 @@ class Daemon:
         self.ready = False
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = self._timer_at = None
         if self.collector is not None:
             self.collector.stop()
         if self.bindings is not None:
@@ -316,8 +317,9 @@ class Daemon:
     def _kick(self) -> None:
         core = self.core
         deadline = None if core is None else core.get_timer()
-        if deadline == self._timer_at:
-            return
+        at = self._timer_at
+        if at is not None and (deadline is None or deadline >= at):
+            return  # as SipStack._reschedule: an early wake-up sets the next one
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

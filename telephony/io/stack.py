@@ -3,13 +3,15 @@
 :class:`SipStack` is the only place where SIP meets asyncio: messages from :class:`Transports` go
 into :meth:`TransactionLayer.receive` with ``loop.time()`` as ``now``; after every call into the
 layer its transmits are written to the network, its events handed to the transaction user (the
-``handler``), and a single ``loop.call_at`` handle is moved to the layer's earliest deadline.
+``handler``), and a single ``loop.call_at`` handle wakes the layer at its earliest deadline (on a
+``WAKE_GRID`` grid: see there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -26,6 +28,11 @@ from telephony.sip.transaction import (
 log = logging.getLogger("telephony.io")
 
 EventHandler = Callable[[Event], None]
+
+#: Transaction timers fire on a 10 ms grid (up to 10 ms after their deadline): RFC 3261's
+#: timers are lower bounds (retransmission at T1 = 500 ms, timeouts at 32 s), and at hundreds
+#: of calls per second their expiries otherwise each cost the loop a wake-up of their own.
+WAKE_GRID = 0.01
 
 
 def install_uvloop() -> bool:
@@ -119,7 +126,7 @@ class SipStack:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer = self._timer_at = None
         await self.transports.close()
 
     # -- calls from the network and the clock ----------------------------------------------
@@ -162,7 +169,14 @@ class SipStack:
 
     def _reschedule(self) -> None:
         deadline = self.layer.get_timer()
-        if deadline == self._timer_at:
+        at = self._timer_at
+        if deadline is not None:
+            # on the grid: the expiries of a WAKE_GRID window share one wake-up
+            deadline = math.ceil(deadline / WAKE_GRID) * WAKE_GRID
+        if at is not None and (deadline is None or deadline >= at):
+            # the wake-up already set is not later than needed; when it comes early (its
+            # timer was stopped meanwhile) _on_timer sets the next one. Moving it on every
+            # stopped timer cost a loop timer handle per message.
             return
         if self._timer is not None:
             self._timer.cancel()

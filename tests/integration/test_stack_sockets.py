@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from telephony.io.stack import SipStack
+from telephony.io.stack import WAKE_GRID, SipStack
 from telephony.sip import NameAddr, Request, Via, make_request, make_response, new_branch, parse_uri
 from telephony.sip.parser import parse_message
 from telephony.sip.transaction import (
@@ -95,6 +95,54 @@ async def test_request_survives_lost_datagrams_by_retransmission() -> None:
     assert peer.seen == 4  # three lost, the fourth (Timer E retransmission) answered
     # E fires at T1, 3*T1, 7*T1: the answer cannot come before the third retransmission
     assert elapsed >= 7 * FAST.t1 * 0.9
+
+
+@pytest.mark.asyncio
+async def test_stopped_timers_leave_the_wakeup_early_never_late() -> None:
+    """Every answered OPTIONS stops its Timer E: the loop's wake-up is not moved for that (it
+    comes early, finds nothing due and sets the next one), it is never later than the layer's
+    earliest deadline on the 10 ms grid, and Timer K still ends every transaction."""
+    loop = asyncio.get_running_loop()
+    transport, _peer = await loop.create_datagram_endpoint(
+        lambda: LossyPeer(drop_in=0), local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    answered = 0
+
+    def handler(ev: Event) -> None:
+        nonlocal answered
+        answered += isinstance(ev, ResponseReceived)
+
+    stack = SipStack(handler, TimerConfig(t1=0.5, t2=4.0, t4=0.5))  # E first at 0.5 s, K 0.5 s
+
+    def never_late() -> None:
+        deadline = stack.layer.get_timer()
+        at = stack._timer_at
+        assert deadline is None or (at is not None and at <= deadline + WAKE_GRID)
+
+    try:
+        local = await stack.listen("udp", "127.0.0.1", 0)
+        dest = Endpoint("udp", "127.0.0.1", port)
+        stack.send_request(options(local, dest, "wake-0@127.0.0.1"), dest)
+        first_wakeup = stack._timer_at
+        for i in range(1, 20):
+            stack.send_request(options(local, dest, f"wake-{i}@127.0.0.1"), dest)
+            never_late()
+            await asyncio.sleep(0.001)
+            never_late()
+        while answered < 20:
+            await asyncio.sleep(0.001)
+            assert first_wakeup is not None and loop.time() < first_wakeup, "no answers in T1"
+        # every Timer E was stopped by its 200 before it fired; the wake-up set for the first
+        # one stayed where it was
+        assert stack._timer_at == first_wakeup
+        while len(stack.layer):
+            never_late()
+            await asyncio.sleep(0.01)
+            assert loop.time() < first_wakeup + 5, "transactions never ended"
+    finally:
+        await stack.close()
+        transport.close()
 
 
 @pytest.mark.asyncio
