@@ -393,7 +393,7 @@ class LegEndpoint:
         if rtcp_port is None:
             rtcp_port = rtp_port + 1 if rtp_port else 0
         family, normal, unspecified = _ip_literal(host)
-        if family != self._ports.rtp_sock.family:
+        if family != self._relay._ports.family:  # (a socket's .family builds an enum)
             raise MediaError("SDP address family not supported here", 488, "peer")
         if not (0 <= rtp_port <= 65535 and 0 <= rtcp_port <= 65535):
             raise MediaError("SDP media port out of range", 488, "peer")
