@@ -246,7 +246,7 @@ class Harness:
         dl = self.clock.deadline
         if dl is not None and dl <= now:
             self.clock.deadline = None
-            self.stack._on_timer()
+            self.stack._wake.fire()
         core_dl = self.core.get_timer()
         if core_dl is not None and core_dl <= now:
             self._busy = True

@@ -27,7 +27,7 @@ from telephony.call.probe import Prober
 from telephony.call.transfer import Transfer
 from telephony.collector import Collector
 from telephony.config import Config
-from telephony.io.stack import SipStack, install_uvloop
+from telephony.io.stack import SipStack, WakeUp, install_uvloop
 from telephony.media.dtmf import DigitDetector
 from telephony.media.ports import PortAllocator
 from telephony.media.relay import LegEndpoint, Relay
@@ -150,8 +150,7 @@ class Daemon:
         self.observer = Observer(config, redis_url=config.redis_url)
         self.core: B2bua | None = None
         self.prober: Prober | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._wake = WakeUp(self._on_timer, asyncio.get_running_loop)
         self._busy = False
         self._queue: list[Event] = []
         self._runner: web.AppRunner | None = None
@@ -236,9 +235,7 @@ class Daemon:
         if self._stopped.is_set():
             return
         self.ready = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._timer_at = None
+        self._wake.cancel()
         if self.collector is not None:
             self.collector.stop()
         if self.bindings is not None:
@@ -316,20 +313,9 @@ class Daemon:
 
     def _kick(self) -> None:
         core = self.core
-        deadline = None if core is None else core.get_timer()
-        at = self._timer_at
-        if at is not None and (deadline is None or deadline >= at):
-            return  # as SipStack._reschedule: an early wake-up sets the next one
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._wake.want(None if core is None else core.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         if self.core is not None:
             self.call_core(self.core.handle_timer, self.stack.now())
 

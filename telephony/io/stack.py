@@ -3,7 +3,7 @@
 :class:`SipStack` is the only place where SIP meets asyncio: messages from :class:`Transports` go
 into :meth:`TransactionLayer.receive` with ``loop.time()`` as ``now``; after every call into the
 layer its transmits are written to the network, its events handed to the transaction user (the
-``handler``), and a single ``loop.call_at`` handle wakes the layer at its earliest deadline (on a
+``handler``), and one :class:`WakeUp` wakes the layer at its earliest deadline (on a
 ``WAKE_GRID`` grid: see there).
 """
 
@@ -62,6 +62,55 @@ COUNTED_METHODS = frozenset(
 )  # fmt: skip
 
 
+class WakeUp:
+    """The one loop timer that wakes a sans-IO machine at its earliest deadline (house rule:
+    the machine says when, the I/O layer keeps the timer). :meth:`want` is told the machine's
+    ``get_timer()`` after every call into it; the timer moves only when it must come sooner.
+    When it comes early (the timer it was set for was stopped meanwhile), the machine finds
+    nothing due and the next :meth:`want` sets the next one: moving it on every stopped timer
+    cost a loop timer handle per message. With ``grid``, deadlines are rounded up to it, so the
+    expiries of one window share a wake-up."""
+
+    def __init__(
+        self,
+        callback: Callable[[], None],
+        loop: Callable[[], asyncio.AbstractEventLoop],
+        grid: float = 0.0,
+    ) -> None:
+        self._callback = callback
+        self._loop = loop
+        self._grid = grid
+        self._handle: asyncio.TimerHandle | None = None
+        #: when the loop timer is set to fire, or None
+        self.at: float | None = None
+
+    def want(self, deadline: float | None) -> None:
+        """The machine's earliest deadline is now ``deadline`` (None: nothing pending)."""
+        if deadline is not None and self._grid:
+            deadline = math.ceil(deadline / self._grid) * self._grid
+        at = self.at
+        if at is not None and (deadline is None or deadline >= at):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.at = deadline
+        if deadline is not None:
+            self._handle = self._loop().call_at(deadline, self.fire)
+
+    def fire(self) -> None:
+        """The loop timer came: run the callback (which calls :meth:`want` again)."""
+        self._handle = None
+        self.at = None
+        self._callback()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.at = None
+
+
 class SipStack:
     """One SIP endpoint: transports + transaction layer + timer, feeding events to ``handler``."""
 
@@ -70,8 +119,7 @@ class SipStack:
         self.layer = TransactionLayer(config or TimerConfig())
         self.transports = Transports(self._on_message, self._on_failure)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._wake = WakeUp(self._on_timer, lambda: self.loop, WAKE_GRID)
         self.local: list[Endpoint] = []
         #: (direction "in"|"out", method or status class "2xx") -> messages, for metrics;
         #: cached bytes sent again (a UAS core's 2xx, a re-ACK) count as kind "resent"
@@ -124,9 +172,7 @@ class SipStack:
         return cancel_key
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._timer_at = None
+        self._wake.cancel()
         await self.transports.close()
 
     # -- calls from the network and the clock ----------------------------------------------
@@ -142,8 +188,6 @@ class SipStack:
         self._pump()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.layer.handle_timer(self.now())
         self._pump()
 
@@ -168,19 +212,4 @@ class SipStack:
         self._reschedule()
 
     def _reschedule(self) -> None:
-        deadline = self.layer.get_timer()
-        at = self._timer_at
-        if deadline is not None:
-            # on the grid: the expiries of a WAKE_GRID window share one wake-up
-            deadline = math.ceil(deadline / WAKE_GRID) * WAKE_GRID
-        if at is not None and (deadline is None or deadline >= at):
-            # the wake-up already set is not later than needed; when it comes early (its
-            # timer was stopped meanwhile) _on_timer sets the next one. Moving it on every
-            # stopped timer cost a loop timer handle per message.
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._wake.want(self.layer.get_timer())

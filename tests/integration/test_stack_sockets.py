@@ -117,14 +117,14 @@ async def test_stopped_timers_leave_the_wakeup_early_never_late() -> None:
 
     def never_late() -> None:
         deadline = stack.layer.get_timer()
-        at = stack._timer_at
+        at = stack._wake.at
         assert deadline is None or (at is not None and at <= deadline + WAKE_GRID)
 
     try:
         local = await stack.listen("udp", "127.0.0.1", 0)
         dest = Endpoint("udp", "127.0.0.1", port)
         stack.send_request(options(local, dest, "wake-0@127.0.0.1"), dest)
-        first_wakeup = stack._timer_at
+        first_wakeup = stack._wake.at
         for i in range(1, 20):
             stack.send_request(options(local, dest, f"wake-{i}@127.0.0.1"), dest)
             never_late()
@@ -135,7 +135,7 @@ async def test_stopped_timers_leave_the_wakeup_early_never_late() -> None:
             assert first_wakeup is not None and loop.time() < first_wakeup, "no answers in T1"
         # every Timer E was stopped by its 200 before it fired; the wake-up set for the first
         # one stayed where it was
-        assert stack._timer_at == first_wakeup
+        assert stack._wake.at == first_wakeup
         while len(stack.layer):
             never_late()
             await asyncio.sleep(0.01)
