@@ -111,7 +111,7 @@ _CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
 BRANCH_COOKIE = "z9hG4bK"
 
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
+_SURROGATES = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # mypyc refuses surrogate literals
 
 
 def valid_text(text: str) -> str:
@@ -276,16 +276,18 @@ class NameAddr(NamedTuple):
         return f"{disp}<{self.uri}>{format_params(self.params)}"
 
 
+MEMO_MAX_TEXT = 256
+
+
 class _Memo:
     """The last parses of header values, by exact text. The same From, To, Via and Contact text
     comes back several times in a call (our INVITE's Via and From in every response to it, the
     caller's From in its ACK and BYE), and the values are immutable tuples, so a repeat costs a
     dict look-up instead of a parse. Only successful parses are kept, so malformed text is
     parsed (and refused) every time. Two generations of ``size`` entries: the older one is
-    dropped when the newer fills up. Only values up to ``MAX_TEXT`` characters are kept (a
+    dropped when the newer fills up. Only values up to ``MEMO_MAX_TEXT`` characters are kept (a
     peer must not be able to park megabytes of header text here)."""
 
-    MAX_TEXT = 256
     __slots__ = ("new", "old", "size")
 
     def __init__(self, size: int = 2048) -> None:
@@ -300,7 +302,7 @@ class _Memo:
         return found
 
     def put(self, text: str, value: Any) -> None:
-        if len(text) > self.MAX_TEXT:
+        if len(text) > MEMO_MAX_TEXT:
             return
         if len(self.new) >= self.size:
             self.old, self.new = self.new, {}

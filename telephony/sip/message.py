@@ -118,10 +118,9 @@ class Headers:
     def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[int]] | None) -> Headers:
         """Headers from the parser, which has already built the index and checked the lines (no
         copies, no checks)."""
-        self = cls.__new__(cls)
+        self = cls()
         self._items = items
         self._index = index
-        self._cache = {}
         return self
 
     def _idx(self) -> dict[str, list[int]]:

@@ -66,8 +66,8 @@ def test_the_memo_is_bounded_and_keeps_no_long_text() -> None:
     assert len(memo.new) + len(memo.old) <= 8
     assert memo.get("v9") is None  # still in the newest generation: not in the old one
     assert memo.new.get("v9") == 9 and memo.get("v0") is None
-    memo.put("x" * (headers._Memo.MAX_TEXT + 1), 1)
-    assert "x" * (headers._Memo.MAX_TEXT + 1) not in memo.new
+    memo.put("x" * (headers.MEMO_MAX_TEXT + 1), 1)
+    assert "x" * (headers.MEMO_MAX_TEXT + 1) not in memo.new
 
 
 # -- make_response takes the request's parsed values ----------------------------------------

@@ -32,6 +32,7 @@ from telephony.sip.txmachines import (
     RequestReceived,
     ResponseReceived,
     State,
+    Step,
     TimerConfig,
     Transaction,
     TransactionCore,
@@ -283,16 +284,29 @@ def test_diagram_has_one_edge_per_table_entry() -> None:
     assert SERVERS and CLIENTS
 
 
-class _Recorder:
-    """Stands in for a transaction in the core's timers: records what fires."""
+def _recorders(
+    n: int, core: TransactionCore, fired: list[tuple[float, int, Input]]
+) -> list[Transaction]:
+    """``n`` real transactions (numbered by their CSeq) of a machine that only records which
+    timer fired: a timer leaves the state where it is (no retransmission, no end)."""
 
-    def __init__(self, name: int, fired: list[tuple[float, int, Input]]) -> None:
-        self.name = name
-        self.timers: dict[Input, object] = {}
-        self.fired = fired
+    def recording(timer: Input) -> Step:
+        def record(tx: Transaction, _msg: object, _src: object, now: float) -> None:
+            fired.append((now, tx.request.cseq.seq, timer))
 
-    def handle(self, inp: Input, msg: object, src: object, now: float) -> None:
-        self.fired.append((now, self.name, inp))
+        return Step(State.TRYING, (record,))
+
+    timers = (Input.TIMER_A, Input.TIMER_B, Input.TIMER_K)
+    machine = Machine("recorder", {(State.TRYING, t): recording(t) for t in timers}, frozenset())
+    txs = []
+    for i in range(n):
+        req = _request("OPTIONS")
+        req.headers.set("CSeq", f"{i} OPTIONS")
+        key = TransactionKey(True, req.top_via.branch or "", "", req.method)
+        tx = Transaction(core, machine, key, req, PEER)
+        tx.state = State.TRYING
+        txs.append(tx)
+    return txs
 
 
 _OPS = st.lists(
@@ -321,7 +335,7 @@ def test_timers_fire_like_one_ordered_list(ops: list[tuple[object, ...]]) -> Non
     re-armed timers never fire, and get_timer() is always the earliest live deadline."""
     fired: list[tuple[float, int, Input]] = []
     core = TransactionCore(TimerConfig())
-    txs = [_Recorder(i, fired) for i in range(6)]
+    txs = _recorders(6, core, fired)
     model: dict[tuple[int, Input], tuple[float, int]] = {}
     expected: list[tuple[float, int, Input]] = []
     now, seq = 0.0, 0
@@ -329,12 +343,13 @@ def test_timers_fire_like_one_ordered_list(ops: list[tuple[object, ...]]) -> Non
         if op[0] == "arm":
             _, i, timer, delay = op
             assert isinstance(i, int) and isinstance(timer, Input) and isinstance(delay, float)
-            core._arm(txs[i], timer, delay, now)  # type: ignore[arg-type]
+            core._arm(txs[i], timer, delay, now)
             seq += 1
             model[i, timer] = (now + delay, seq)
         elif op[0] == "stop":
             i = op[1]
-            core._disarm_all(txs[i])  # type: ignore[arg-type]
+            assert isinstance(i, int)
+            core._disarm_all(txs[i])
             model = {k: v for k, v in model.items() if k[0] != i}
         else:
             t = op[1]
