@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from telephony import logs
+from telephony import logs, native
 from telephony.api import create_app
 from telephony.api.control import ControlError, TransferRequest
 from telephony.call.b2bua import B2bua, Call
@@ -208,10 +208,11 @@ class Daemon:
             self.bindings = BindingStore(self.config.redis_url, self.config.records.key_prefix)
             self.bindings.attach(self.core.registrar, self.call_core)
         log.info(
-            "handoffd serving SIP on %s, HTTP on %s:%d",
+            "handoffd serving SIP on %s, HTTP on %s:%d (SIP layer %s)",
             ", ".join(f"{e.transport}:{e.host}:{e.port}" for e in self.sip_endpoints),
             self.config.http.host,
             self.http_port,
+            native.status(),
         )
 
     def _tokens(self) -> Collection[str]:

@@ -1,7 +1,15 @@
 """Sans-IO SIP: bytes and ``now`` go in; messages, events and deadlines come out.
 
 Nothing in this package opens a socket, starts a task or reads the clock.
+
+The per-message modules may run compiled (``telephony/native.py``): a build made from exactly these
+sources is put first on this package's path; otherwise the sources below are what runs.
 """
+
+from telephony.native import compiled_dir as _compiled_dir
+
+if (_build := _compiled_dir()) is not None:
+    __path__.insert(0, str(_build))
 
 from telephony.sip.errors import ParseError, ProtocolError, SipError
 from telephony.sip.headers import (
