@@ -68,6 +68,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -419,6 +420,7 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     ).stdout.strip()
+    yard = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nproc": str(os.cpu_count()),
@@ -428,7 +430,36 @@ def machine() -> dict[str, str]:
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "sipp": sipp_line,
         "git": rev or "?",
+        # machine speed: compare absolute figures across days only through this
+        "yardstick": f"{yard:.1f} us",
     }
+
+
+_SIP_LAYER = """
+try:
+    from telephony import native
+except ImportError:  # a tree from before the compiled build (docs/decisions/0004)
+    print("interpreted")
+else:
+    print(native.status())
+"""
+
+
+def sip_layer(code: str | None) -> str:
+    """``compiled`` or ``interpreted``: what telephony.sip loads in handoffd from tree ``code``
+    (None: the installed one)."""
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", _SIP_LAYER],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        check=False,
+    )
+    return out.stdout.strip() or "?"
 
 
 def fmt(x: float, spec: str = ".2f") -> str:
@@ -621,6 +652,10 @@ def main() -> int:
 
     mach = machine()
     mach["peers"] = ", ".join(p.label for p in peers)
+    # which SIP layer each handoffd tree runs (docs/decisions/0004): compiled or interpreted
+    mach["sip"] = ", ".join(
+        f"{p.label}: {sip_layer(p.code)}" for p in peers if p.kind == "handoffd"
+    )
     print(" ".join(f"{k}={v}" for k, v in mach.items()), file=sys.stderr)
     base = Path(tempfile.mkdtemp(prefix="b2bua_cps-"))
     results: list[RunResult] = []
