@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from telephony.call.attended import AttendedTransfers
 from telephony.call.cold import ColdTransfers, phase_of, triage_level
@@ -43,6 +43,8 @@ from telephony.call.ports import MediaPort, SipPort, Timers
 from telephony.call.positions import PositionRegistrar
 from telephony.call.transfer import TInput, Transfer, TState
 from telephony.call.warm import WarmTransfers
+from telephony.config import Config, Position, Trunk  # not TYPE_CHECKING-only: see Call
+from telephony.routing import RuleSet
 from telephony.routing.model import MetadataPolicy
 from telephony.sip.dialog import Dialog, request_key
 from telephony.sip.errors import SipError
@@ -63,10 +65,6 @@ from telephony.sip.transaction import (
 )
 from telephony.sip.uri import URI
 
-if TYPE_CHECKING:
-    from telephony.config import Config, Position, Trunk
-    from telephony.routing import RuleSet
-
 log = logging.getLogger("telephony.call")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, UPDATE, INFO, REGISTER"
@@ -79,7 +77,10 @@ OnFinal = Callable[[Response], None]
 
 @dataclass(slots=True)
 class Call:
-    """One 911 call through us. ``bridged`` is the pair of legs whose media is joined."""
+    """One 911 call through us. ``bridged`` is the pair of legs whose media is joined.
+
+    (Compiled, the field types are looked up when the class is made: ``Trunk`` and ``Position``
+    are imported for real, not under ``TYPE_CHECKING``.)"""
 
     id: str
     caller: Leg

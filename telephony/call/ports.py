@@ -99,14 +99,16 @@ class Timer:
         self.callback = _nothing
 
 
+#: every this many new timers, a heap mostly of cancelled entries is rebuilt without them
+COMPACT_EVERY = 4096
+
+
 class Timers:
     """A heap of deadlines. ``handle_timer(now)`` runs every due callback with ``now``.
 
     Cancelled entries stay in the heap until popped; every ``COMPACT_EVERY`` new timers the heap
     is rebuilt without them when they are the majority (ring timers are cancelled far more often
     than they fire)."""
-
-    COMPACT_EVERY = 4096
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
@@ -120,7 +122,7 @@ class Timers:
         seq = next(self._seq)
         heap = self._heap
         heapq.heappush(heap, (when, seq, timer))
-        if seq % self.COMPACT_EVERY == 0 and len(heap) > self.COMPACT_EVERY:
+        if seq % COMPACT_EVERY == 0 and len(heap) > COMPACT_EVERY:
             live = [e for e in heap if not e[2].cancelled]
             if len(live) * 2 < len(heap):
                 heapq.heapify(live)

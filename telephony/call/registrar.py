@@ -385,9 +385,9 @@ class Registrar:
             self._events.append(RegisterRejected(err.status, source, err.username, err.detail))
             warning = (_warning(err.reason),) if err.status == 400 else ()
             return RegisterReply(err.status, err.headers or warning)
-        except SipError as err:  # ParseError from a header of the request: 400
-            self._events.append(RegisterRejected(err.status, source, None, err.reason))
-            return RegisterReply(err.status, (_warning(err.reason),))
+        except SipError as exc:  # ParseError from a header of the request: 400
+            self._events.append(RegisterRejected(exc.status, source, None, exc.reason))
+            return RegisterReply(exc.status, (_warning(exc.reason),))
 
     def _register(self, req: Request, source: Endpoint, now: float) -> RegisterReply:
         if req.uri.scheme != "sip":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 
-from telephony.call.ports import Timers
+from telephony.call.ports import COMPACT_EVERY, Timers
 
 
 class _Leg:
@@ -39,10 +39,10 @@ def test_a_cancelled_timer_lets_go_of_its_callback_at_once() -> None:
 
 def test_the_heap_drops_cancelled_entries_when_they_are_the_majority() -> None:
     timers = Timers()
-    for i in range(3 * Timers.COMPACT_EVERY):
+    for i in range(3 * COMPACT_EVERY):
         timers.at(100.0 + i, lambda _now: None).cancel()
     keep = timers.at(50.0, lambda _now: None)
-    assert len(timers._heap) < Timers.COMPACT_EVERY
+    assert len(timers._heap) < COMPACT_EVERY
     assert timers.get_timer() == 50.0
     keep.cancel()
     assert timers.get_timer() is None
