@@ -49,9 +49,9 @@ venv: uv
 	UV_COMPILE_BYTECODE=1 $(UV) sync --group dev --group interop
 	$(PY) -m compileall -q telephony
 
-# The SIP layer's per-message modules compiled with mypyc (telephony/native.py, ~40 s of gcc),
-# skipped when the build in telephony/sip/_compiled/ is from the current sources. A build from
-# other sources is never loaded (the package runs interpreted until this runs again).
+# The SIP and call layers compiled with mypyc (telephony/native.py, ~80 s of gcc), skipped when
+# the build in telephony/{sip,call}/_compiled/ is from the current sources. A build from other
+# sources is never loaded (the packages run interpreted until this runs again).
 compile: venv
 	$(PY) -m telephony.native build
 
@@ -68,8 +68,8 @@ lint:
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict telephony
 
-# Every test with the compiled SIP layer (what `make run` runs), then the unit tests once more
-# with the interpreted one (HANDOFF_SIP=interpreted), which runs wherever the build is absent.
+# Every test with the compiled layers (what `make run` runs), then the unit tests once more with
+# the interpreted ones (HANDOFF_SIP=interpreted), which run wherever the build is absent.
 test: setup lint
 	$(VENV)/bin/pytest -q
 	HANDOFF_SIP=interpreted $(VENV)/bin/pytest -q tests/unit
@@ -80,4 +80,4 @@ bench: setup
 	$(PY) bench/transactions.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache telephony/sip/_compiled
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache telephony/sip/_compiled telephony/call/_compiled

@@ -208,7 +208,7 @@ class Daemon:
             self.bindings = BindingStore(self.config.redis_url, self.config.records.key_prefix)
             self.bindings.attach(self.core.registrar, self.call_core)
         log.info(
-            "handoffd serving SIP on %s, HTTP on %s:%d (SIP layer %s)",
+            "handoffd serving SIP on %s, HTTP on %s:%d (SIP and call layers %s)",
             ", ".join(f"{e.transport}:{e.host}:{e.port}" for e in self.sip_endpoints),
             self.config.http.host,
             self.http_port,

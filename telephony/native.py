@@ -1,16 +1,17 @@
-"""The SIP layer as compiled code (mypyc), loaded only when it was built from the sources beside it.
+"""The SIP and call layers compiled with mypyc, loaded only when built from the sources beside them.
 
-``python -m telephony.native build`` compiles the hot modules of :mod:`telephony.sip` with mypyc
-(part of mypy; the same typed source, no second implementation) into ``telephony/sip/_compiled/``
-with a stamp: the SHA-256 of the sources it was built from. On import, :mod:`telephony.sip` puts
-that directory first on its ``__path__`` only when the stamp matches the sources as they are now,
-so an edited source is never shadowed by an old build: the package simply runs interpreted until
-the next build. ``HANDOFF_SIP=interpreted`` in the environment forces the interpreted modules.
+``python -m telephony.native build`` compiles the per-message modules of :mod:`telephony.sip` and
+the modules of :mod:`telephony.call` with mypyc (part of mypy; the same typed source, no second
+implementation) into ``telephony/sip/_compiled/`` and ``telephony/call/_compiled/``, with one
+stamp: the SHA-256 of the sources it was built from. On import, each package puts its directory
+first on its ``__path__`` only when the stamp matches the sources as they are now, so an edited
+source is never shadowed by an old build: both packages simply run interpreted until the next
+build. ``HANDOFF_SIP=interpreted`` in the environment forces the interpreted modules.
 
-Why: the SIP layer is about half of handoffd's CPU per bridged call, spread over a hundred small
-functions (bench/RESULTS.md); compiled, a call costs about 0.8x (measured, same run).
-``errors.py`` stays interpreted (other layers subclass its errors, and it is not on the hot path),
-as do ``auth.py`` and ``reject.py`` (not per call).
+Why: the SIP and call layers are most of handoffd's CPU per bridged call, spread over a few
+hundred small functions (bench/RESULTS.md). ``sip/errors.py`` stays interpreted (other layers
+subclass its errors, and it is not on the hot path), as do ``sip/auth.py`` and ``sip/reject.py``
+(not per call) and the packages' ``__init__`` modules (they hold the check below).
 """
 
 from __future__ import annotations
@@ -23,52 +24,74 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: modules of telephony.sip that are compiled (the per-message path)
-COMPILED = ("uri", "headers", "message", "parser", "sdp", "txmachines", "transaction", "dialog")
+#: package of telephony -> its compiled modules
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "sip": ("uri", "headers", "message", "parser", "sdp", "txmachines", "transaction", "dialog"),
+    "call": (
+        "attended",
+        "b2bua",
+        "cold",
+        "dtmf",
+        "legs",
+        "metadata",
+        "multipart",
+        "offers",
+        "ports",
+        "positions",
+        "probe",
+        "registrar",
+        "transfer",
+        "warm",
+    ),
+}
 DIRNAME = "_compiled"
-STAMP = "sources.sha256"
+#: the stamp of the whole build (one shared library holds both packages), in sip's directory
+STAMP = Path("sip") / DIRNAME / "sources.sha256"
 #: ``HANDOFF_SIP=interpreted``: never load the compiled modules
 ENV = "HANDOFF_SIP"
 
-SIP = Path(__file__).resolve().parent / "sip"
+ROOT = Path(__file__).resolve().parent  # telephony/
 
 
-def sources_digest(pkg: Path = SIP) -> str:
+def sources_digest(root: Path = ROOT) -> str:
     """SHA-256 over the compiled modules' names and sources, and the interpreter's ABI tag."""
     h = hashlib.sha256(sys.implementation.cache_tag.encode())
-    for name in COMPILED:
-        h.update(b"\0" + name.encode() + b"\0")
-        h.update((pkg / f"{name}.py").read_bytes())
+    for package, names in PACKAGES.items():
+        for name in names:
+            h.update(f"\0{package}.{name}\0".encode())
+            h.update((root / package / f"{name}.py").read_bytes())
     return h.hexdigest()
 
 
-def fresh(pkg: Path = SIP) -> bool:
-    """Whether ``pkg`` holds a build made from its sources as they are now."""
+def fresh(root: Path = ROOT) -> bool:
+    """Whether ``root`` (a copy of telephony/) holds a build made from its sources as they are."""
     try:
-        stamp = (pkg / DIRNAME / STAMP).read_text(encoding="ascii").strip()
-        return stamp == sources_digest(pkg)
+        stamp = (root / STAMP).read_text(encoding="ascii").strip()
+        return stamp == sources_digest(root)
     except (OSError, UnicodeDecodeError):
         return False
 
 
-def compiled_dir(pkg: Path = SIP) -> Path | None:
-    """The build to load for ``pkg``, or None: not built, built from other sources (or for
-    another interpreter), or ``HANDOFF_SIP=interpreted``."""
-    if os.environ.get(ENV, "").strip().lower() == "interpreted" or not fresh(pkg):
+def compiled_dir(package: str, root: Path = ROOT) -> Path | None:
+    """The build of ``package`` (``sip`` or ``call``) to load, or None: not built, built from
+    other sources (or for another interpreter), or ``HANDOFF_SIP=interpreted``."""
+    if os.environ.get(ENV, "").strip().lower() == "interpreted" or not fresh(root):
         return None
-    return pkg / DIRNAME
+    return root / package / DIRNAME
 
 
 def status() -> str:
-    """``compiled`` when telephony.sip's hot modules were loaded from the build, else
+    """``compiled`` when the SIP and call layers were loaded from the build, else
     ``interpreted``."""
-    from telephony.sip import parser  # noqa: PLC0415 - the package loads the build, if any
+    from telephony.call import b2bua  # noqa: PLC0415 - the packages load the build, if any
+    from telephony.sip import parser  # noqa: PLC0415
 
-    return "interpreted" if (parser.__file__ or "").endswith(".py") else "compiled"
+    loaded = {not (m.__file__ or "").endswith(".py") for m in (parser, b2bua)}
+    return "compiled" if loaded == {True} else "interpreted" if loaded == {False} else "mixed"
 
 
-def build(root: Path = SIP.parent.parent) -> Path:
-    """Compile :data:`COMPILED` (run from the project root ``root``); returns the directory.
+def build(root: Path = ROOT) -> None:
+    """Compile :data:`PACKAGES` of ``root`` (telephony/, run from its parent).
 
     The stamp is the digest of the sources read before compiling: a source edited during the
     build leaves a stamp that does not match, so that build is never loaded."""
@@ -76,39 +99,36 @@ def build(root: Path = SIP.parent.parent) -> Path:
     from mypyc.build import mypycify  # noqa: PLC0415
     from setuptools import Distribution  # type: ignore[import-untyped]  # noqa: PLC0415
 
-    pkg = root / "telephony" / "sip"
-    digest = sources_digest(pkg)
-    out = pkg / DIRNAME
+    digest = sources_digest(root)
     with tempfile.TemporaryDirectory(prefix="handoff-mypyc-") as tmp:
         work = Path(tmp)
         cwd = Path.cwd()
-        os.chdir(root)  # mypyc names modules by their path from here
+        os.chdir(root.parent)  # mypyc names modules by their path from here
         try:
             ext = mypycify(
-                [f"telephony/sip/{name}.py" for name in COMPILED],
+                [f"telephony/{pkg}/{name}.py" for pkg, names in PACKAGES.items() for name in names],
                 opt_level="3",
                 target_dir=str(work / "c"),
                 group_name="telephony.sip._native",
             )
-            dist = Distribution({"name": "handoff-sip-compiled", "ext_modules": ext})
+            dist = Distribution({"name": "handoff-compiled", "ext_modules": ext})
             cmd = dist.get_command_obj("build_ext")
             cmd.build_lib = str(work / "lib")
             cmd.build_temp = str(work / "tmp")
             dist.run_command("build_ext")
         finally:
             os.chdir(cwd)
-        staged = work / "out"
-        staged.mkdir()
-        for lib in (work / "lib").rglob("*.so"):
-            shutil.copy2(lib, staged / lib.name)
-        (staged / STAMP).write_text(digest + "\n", encoding="ascii")
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(staged, out)
-    return out
+        clean(root)  # no stamp while the new build is copied in
+        for lib in (work / "lib" / "telephony").rglob("*.so"):
+            out = root / lib.parent.name / DIRNAME
+            out.mkdir(exist_ok=True)
+            shutil.copy2(lib, out / lib.name)
+        (root / STAMP).write_text(digest + "\n", encoding="ascii")
 
 
-def clean(pkg: Path = SIP) -> None:
-    shutil.rmtree(pkg / DIRNAME, ignore_errors=True)
+def clean(root: Path = ROOT) -> None:
+    for package in PACKAGES:
+        shutil.rmtree(root / package / DIRNAME, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.action == "build":
         if fresh() and not args.force:
-            print(f"telephony.sip: the build in {SIP / DIRNAME} is from these sources")
+            print("telephony: the compiled build is from these sources")
         else:
-            print(f"compiled telephony.sip into {build()}")
+            build()
+            print(f"telephony: compiled {', '.join(PACKAGES)} into */{DIRNAME}/")
     elif args.action == "clean":
         clean()
     else:
-        d = compiled_dir()
-        print(f"telephony.sip: {status()} ({'build ' + str(d) if d else 'no usable build'})")
+        usable = "a build from these sources" if fresh() else "no build from these sources"
+        print(f"telephony: {status()} ({usable})")
     return 0
 
 

@@ -8,7 +8,7 @@ sources is put first on this package's path; otherwise the sources below are wha
 
 from telephony.native import compiled_dir as _compiled_dir
 
-if (_build := _compiled_dir()) is not None:
+if (_build := _compiled_dir("sip")) is not None:
     __path__.insert(0, str(_build))
 
 from telephony.sip.errors import ParseError, ProtocolError, SipError
