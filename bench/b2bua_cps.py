@@ -68,7 +68,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,6 +91,7 @@ from bench.cps_procs import (
     tail,
     wait_sampling,
     write_scenarios,
+    yardstick_us,
 )
 from tests.peers.redis import RedisServer
 
@@ -420,7 +420,6 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     ).stdout.strip()
-    yard = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nproc": str(os.cpu_count()),
@@ -431,7 +430,7 @@ def machine() -> dict[str, str]:
         "sipp": sipp_line,
         "git": rev or "?",
         # machine speed: compare absolute figures across days only through this
-        "yardstick": f"{yard:.1f} us",
+        "yardstick": f"{yardstick_us():.1f} us",
     }
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import timeit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def runqueue_wait_ns(pid: int) -> int:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
     return total
+
+
+def yardstick_us() -> float:
+    """This machine's speed today: µs per ``sum(range(1000))`` (best of 5 in this process).
+    Absolute figures of different days compare only through it."""
+    return min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
 
 
 def percentile(values: list[float], q: float) -> float:

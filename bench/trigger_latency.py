@@ -97,7 +97,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.cps_procs import pin, stop
+from bench.cps_procs import pin, stop, yardstick_us
 from bench.trigger_parties import (
     HOST,
     TOKEN,
@@ -437,9 +437,7 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     ).stdout.strip()
-    import timeit  # noqa: PLC0415
-
-    yard = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
+    yard = yardstick_us()
     return {
         "yardstick": f"{yard:.1f} µs",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
